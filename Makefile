@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up (venv, deps, stubs) and run the main job (HAR tutorial, default data)
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install proto test run bench clean
+
+install: $(STAMP)
+
+# Reinstall whenever the dependency pins or the project metadata change.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,har,dev]'
+	touch $(STAMP)
+
+# Regenerate fedproto/transport_pb2.py(i) from proto/ (committed; tests check they are current).
+proto: $(STAMP)
+	$(PY) proto/compile.py fedproto
+
+test: proto
+	$(PY) -m pytest
+
+run: proto
+	$(PY) -m har
+
+bench: proto
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

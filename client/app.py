@@ -1,0 +1,174 @@
+"""The edge client: a short loop that carries fedproto's sans-IO session over gRPC.
+
+Read top to bottom, this file is the whole protocol as a client sees it:
+
+1. Open a channel and call ``FlowerService.Join``: one bidirectional stream.
+2. The server speaks first. Read a ServerMessage, let the session answer it
+   (``fedproto.dispatch``), write the ClientMessage back. Repeat.
+3. The server ends a session with ReconnectIns, which we answer with DisconnectRes:
+   - seconds > 0: "come back later". Close the stream, sleep that long, join again.
+   - seconds = 0: "we are done". Close the stream and exit 0.
+4. A stream that breaks (server not up yet, restarted, crashed) is joined again with
+   exponential backoff, a bounded number of times, then we give up.
+
+Messages travel as raw bytes: the channel does no (de)serialization, the session parses
+and builds them, so anything malformed is reported by name instead of failing inside gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fedproto.dispatch import ClientSession, ProtocolError, State
+from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH, message_size_options
+
+log = logging.getLogger("fedproto.client")
+
+EXIT_DONE = 0  # the server ended the session (ReconnectIns with seconds = 0)
+EXIT_PROTOCOL_ERROR = 1  # the server sent something that is not a valid instruction
+EXIT_UNREACHABLE = 3  # no stream could be opened after all retries
+EXIT_TLS_ERROR = 4  # the TLS handshake failed (wrong CA, not a TLS server...)
+
+# How long to let the server read our DisconnectRes and end the call before we cancel it.
+# flwr's server keeps the stream open until it shuts down, so we do not wait for that.
+DISCONNECT_GRACE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Bounded exponential backoff for (re)joining: 0.5 s, 1 s, 2 s ... capped at 30 s."""
+
+    attempts: int = 8
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.first_delay * 2 ** (failures - 1), self.max_delay)
+
+
+def run_client(
+    server_address: str,
+    handler: Any,
+    *,
+    root_certificates: bytes | None = None,
+    max_message_length: int = MAX_MESSAGE_LENGTH,
+    retry: Retry = Retry(),
+) -> int:
+    """Serve ``handler`` to the server at ``server_address`` until it says we are done.
+
+    Returns an exit code (``EXIT_*``). ``root_certificates`` (PEM bytes) switches to TLS.
+    """
+    failures = 0  # consecutive joins that broke before the server said anything
+    while True:
+        session = ClientSession(handler)
+        try:
+            answered = _join_once(server_address, session, root_certificates, max_message_length)
+        except ProtocolError as error:
+            log.error("protocol error, leaving: %s", error)
+            return EXIT_PROTOCOL_ERROR
+        except grpc.RpcError as error:
+            answered, reason = error.answered, _describe(error)  # type: ignore[attr-defined]
+            if _is_tls_failure(reason):
+                log.error("TLS handshake with %s failed: %s", server_address, reason)
+                return EXIT_TLS_ERROR
+            failures = 0 if answered else failures + 1
+            if failures >= retry.attempts:
+                log.error("giving up on %s after %d attempts: %s", server_address, failures, reason)
+                return EXIT_UNREACHABLE
+            delay = retry.delay(max(failures, 1))
+            log.warning("stream to %s ended: %s; joining again in %.1f s", server_address, reason, delay)
+            time.sleep(delay)
+            continue
+
+        if session.state is State.DONE:
+            log.info("server ended the session after %d messages; exiting", answered)
+            return EXIT_DONE
+        # State.RECONNECT: the server asked us to come back after a pause.
+        failures = 0
+        log.info("server asked us to reconnect in %d s", session.reconnect_after)
+        time.sleep(session.reconnect_after)
+
+
+def _join_once(
+    server_address: str,
+    session: ClientSession,
+    root_certificates: bytes | None,
+    max_message_length: int,
+) -> int:
+    """One Join stream, until the session leaves state JOINED. Returns messages answered.
+
+    Raises grpc.RpcError (with ``.answered`` set) if the stream fails or the server ends it
+    without a ReconnectIns, and ProtocolError if the server sends an invalid message.
+    """
+    options = message_size_options(max_message_length)
+    if root_certificates is None:
+        channel = grpc.insecure_channel(server_address, options=options)
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        channel = grpc.secure_channel(server_address, credentials, options=options)
+
+    outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    answered = 0
+    with channel:
+        # No serializers: requests and responses are bytes, the session (de)serializes.
+        join = channel.stream_stream(JOIN_METHOD)
+        inbox = join(iter(outbox.get, None))  # putting None ends our side of the stream
+        try:
+            for server_bytes in inbox:
+                started = time.perf_counter()
+                outbox.put(session.receive_bytes(server_bytes))
+                answered += 1
+                _log_exchange(session, len(server_bytes), started)
+                if session.state is not State.JOINED:
+                    break  # we just sent DisconnectRes: nothing more goes on this stream
+            else:
+                raise _StreamEnded()
+        except grpc.RpcError as error:
+            error.answered = answered  # type: ignore[attr-defined]
+            raise
+        finally:
+            outbox.put(None)
+        _end_call(inbox)
+    return answered
+
+
+def _end_call(inbox: Any) -> None:
+    """Half-close is queued; give the server a moment to take our DisconnectRes, then cancel."""
+    finished = threading.Event()
+    inbox.add_done_callback(lambda _call: finished.set())
+    finished.wait(DISCONNECT_GRACE_SECONDS)
+    inbox.cancel()
+
+
+class _StreamEnded(grpc.RpcError):
+    """The server closed the stream without sending ReconnectIns first."""
+
+    def __str__(self) -> str:
+        return "server closed the stream without a ReconnectIns"
+
+
+def _describe(error: grpc.RpcError) -> str:
+    if isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
+def _is_tls_failure(reason: str) -> bool:
+    text = reason.lower()
+    return "handshake" in text or "ssl" in text or "certificate" in text
+
+
+def _log_exchange(session: ClientSession, size: int, started: float) -> None:
+    """One INFO line per instruction: what came in, how big, how long the handler took."""
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if session.state is State.JOINED:
+        log.info("%s (%d bytes) answered in %.0f ms", session.last_received, size, elapsed_ms)
+    else:
+        log.info("reconnect_ins(seconds=%d) answered with DisconnectRes", session.reconnect_after)

@@ -1,0 +1,92 @@
+"""fedproto-client: run a NumPyClient-style handler against any Flower (grpc-bidi) server."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from client.app import Retry, run_client
+from fedproto.wire import MAX_MESSAGE_LENGTH
+
+EPILOG = """\
+The handler is any object with flwr NumPyClient method names (no flwr import needed):
+  get_parameters(config)        -> list[np.ndarray]
+  fit(parameters, config)       -> (list[np.ndarray], num_examples, metrics dict)
+  evaluate(parameters, config)  -> (loss, num_examples, metrics dict)
+  get_properties(config)        -> dict            (optional, like every method)
+A missing method is answered with its *_NOT_IMPLEMENTED status; an exception inside one is
+logged and answered with a non-OK status, so the server counts a failure and we stay joined.
+
+examples:
+  # against flwr.server.start_server(server_address="0.0.0.0:8080", ...)
+  fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client
+  # TLS, with the CA that signed the server's certificate
+  fedproto-client --server example.org:8443 --root-certificates ca.pem --app my_app:MyClient
+
+exit codes: 0 server ended the session, 1 protocol error, 2 usage error,
+            3 server unreachable after all retries, 4 TLS handshake failed
+"""
+
+
+def load_handler(spec: str) -> Any:
+    """'module:attr' -> handler. A class or function is called with no arguments."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--app must look like MODULE:ATTR, got {spec!r}")
+    target = getattr(importlib.import_module(module_name), attr)
+    if inspect.isclass(target) or inspect.isfunction(target):
+        target = target()
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedproto-client",
+        description="Join a Flower server over FlowerService.Join and serve a NumPy handler.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--server", required=True, metavar="HOST:PORT",
+                        help="server address, e.g. 127.0.0.1:8080 or [::1]:8080")
+    parser.add_argument("--app", required=True, metavar="MODULE:ATTR",
+                        help="handler instance, class or zero-argument factory, e.g. client.demo:make_client")
+    parser.add_argument("--root-certificates", type=Path, metavar="PEM",
+                        help="CA bundle that signed the server's certificate; enables TLS")
+    parser.add_argument("--max-message-length", type=int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
+                        help="largest message sent or accepted (default: %(default)s, flwr's 512 MiB)")
+    parser.add_argument("--retries", type=int, default=Retry.attempts, metavar="N",
+                        help="failed joins in a row before giving up (default: %(default)s)")
+    parser.add_argument("--retry-delay", type=float, default=Retry.first_delay, metavar="SECONDS",
+                        help="first backoff delay, doubled each failure up to 30 s (default: %(default)s)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        handler = load_handler(args.app)
+    except (ImportError, AttributeError, ValueError, TypeError) as error:
+        print(f"fedproto-client: cannot load --app {args.app}: {error}", file=sys.stderr)
+        return 2
+    try:
+        root_certificates = args.root_certificates.read_bytes() if args.root_certificates else None
+    except OSError as error:
+        print(f"fedproto-client: cannot read --root-certificates: {error}", file=sys.stderr)
+        return 2
+    try:
+        return run_client(
+            args.server,
+            handler,
+            root_certificates=root_certificates,
+            max_message_length=args.max_message_length,
+            retry=Retry(attempts=args.retries, first_delay=args.retry_delay),
+        )
+    except KeyboardInterrupt:
+        return 130

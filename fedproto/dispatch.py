@@ -1,0 +1,214 @@
+"""The client side of ``FlowerService.Join`` as a state machine, without any I/O.
+
+A transport (``client/app.py``, or your port in C, Kotlin, MicroPython...) reads one
+``ServerMessage`` from the stream, hands it to :meth:`ClientSession.receive` (or its bytes to
+:meth:`ClientSession.receive_bytes`), writes the returned ``ClientMessage`` back, then looks at
+``session.state`` to know what to do next. Nothing here opens sockets, starts threads or sleeps.
+
+Invariants
+----------
+1. The server speaks first. Every ServerMessage gets exactly one ClientMessage, in order.
+2. ReconnectIns is the last message of a stream. After answering it with DisconnectRes the
+   client sends nothing more on that stream and closes it.
+3. The user's handler sees only NumPy arrays and dicts of Python scalars, never protobuf.
+4. A handler that lacks a method, raises, or returns the wrong shape never breaks the stream:
+   the reply carries a non-OK ``Status``. The contract has no generic error code, so the
+   method's ``*_NOT_IMPLEMENTED`` code is used and ``Status.message`` says what happened.
+   flwr's server counts any non-OK reply as a failure for that round and keeps the client.
+5. Input that is not a valid ServerMessage (undecodable bytes, no oneof set, a tensor that is
+   not a plain .npy) raises :class:`ProtocolError`; the transport must end the stream.
+
+Transitions (state, message received -> reply sent, next state)
+---------------------------------------------------------------
+=========  ===========================  ===============================  ==========
+state      received                     reply                            next state
+=========  ===========================  ===============================  ==========
+JOINED     get_properties_ins           get_properties_res               JOINED
+JOINED     get_parameters_ins           get_parameters_res               JOINED
+JOINED     fit_ins                      fit_res                          JOINED
+JOINED     evaluate_ins                 evaluate_res                     JOINED
+JOINED     reconnect_ins, seconds > 0   disconnect_res(RECONNECT)        RECONNECT
+JOINED     reconnect_ins, seconds = 0   disconnect_res(ACK)              DONE
+RECONNECT  anything                     ProtocolError (stream is over)   RECONNECT
+DONE       anything                     ProtocolError (stream is over)   DONE
+=========  ===========================  ===============================  ==========
+
+In RECONNECT the transport closes the stream, waits ``session.reconnect_after`` seconds and
+joins again with a fresh session. In DONE it closes the stream and stops.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import operator
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from fedproto.codec import (
+    CodecError,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+    scalars_from_proto,
+    scalars_to_proto,
+)
+from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage, Status
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    JOINED = "joined"  # stream open, waiting for the next instruction
+    RECONNECT = "reconnect"  # answered ReconnectIns(seconds > 0): close, wait, join again
+    DONE = "done"  # answered ReconnectIns(seconds = 0): close and stop
+
+
+class ProtocolError(Exception):
+    """The server sent something that is not a valid instruction; the stream must end."""
+
+
+class Instruction(NamedTuple):
+    method: str  # handler method to call
+    failure_code: int  # Status code when the handler cannot answer
+    reply_field: str  # ClientMessage oneof field of the reply
+    ins_name: str  # message names, for error texts
+    res_name: str
+
+
+# ServerMessage oneof field -> how it is answered.
+INSTRUCTIONS: dict[str, Instruction] = {
+    "get_properties_ins": Instruction("get_properties", Code.GET_PROPERTIES_NOT_IMPLEMENTED,
+                                      "get_properties_res", "GetPropertiesIns", "GetPropertiesRes"),
+    "get_parameters_ins": Instruction("get_parameters", Code.GET_PARAMETERS_NOT_IMPLEMENTED,
+                                      "get_parameters_res", "GetParametersIns", "GetParametersRes"),
+    "fit_ins": Instruction("fit", Code.FIT_NOT_IMPLEMENTED, "fit_res", "FitIns", "FitRes"),
+    "evaluate_ins": Instruction("evaluate", Code.EVALUATE_NOT_IMPLEMENTED,
+                                "evaluate_res", "EvaluateIns", "EvaluateRes"),
+}
+
+
+class HandlerError(Exception):
+    """The user's handler returned something that cannot be sent (wrong shape or kind)."""
+
+
+class ClientSession:
+    """One Join stream, from the first ServerMessage to the DisconnectRes.
+
+    ``handler`` is any object with (some of) flwr's NumPyClient methods:
+    ``get_properties(config) -> dict``, ``get_parameters(config) -> list[ndarray]``,
+    ``fit(parameters, config) -> (list[ndarray], num_examples, metrics)``,
+    ``evaluate(parameters, config) -> (loss, num_examples, metrics)``.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.state = State.JOINED
+        self.reconnect_after = 0  # seconds to wait before joining again (state RECONNECT)
+        self.last_received: str | None = None  # oneof name of the last ServerMessage, for logs
+
+    def receive_bytes(self, data: bytes) -> bytes:
+        """Serialized ServerMessage in, serialized ClientMessage out."""
+        message = ServerMessage()
+        try:
+            message.ParseFromString(data)
+        except DecodeError as error:
+            raise ProtocolError(f"ServerMessage: not a valid protobuf message ({error})") from None
+        return self.receive(message).SerializeToString()
+
+    def receive(self, message: ServerMessage) -> ClientMessage:
+        """Answer one ServerMessage; see the transition table in the module docstring."""
+        if self.state is not State.JOINED:
+            raise ProtocolError(f"ServerMessage received after the stream ended ({self.state.value})")
+        kind = message.WhichOneof("msg")
+        if kind is None:
+            raise ProtocolError("ServerMessage: no instruction set (empty oneof 'msg')")
+        self.last_received = kind
+        if kind == "reconnect_ins":
+            return self._reconnect(message.reconnect_ins.seconds)
+        return self._instruction(kind, getattr(message, kind))
+
+    def _reconnect(self, seconds: int) -> ClientMessage:
+        # seconds > 0: the server wants us back later (e.g. it is busy); seconds = 0 (the
+        # proto3 default, what flwr sends at the end of training): the session is over.
+        if seconds > 0:
+            self.state, self.reconnect_after, reason = State.RECONNECT, seconds, Reason.RECONNECT
+        else:
+            self.state, self.reconnect_after, reason = State.DONE, 0, Reason.ACK
+        return ClientMessage(disconnect_res=ClientMessage.DisconnectRes(reason=reason))
+
+    def _instruction(self, kind: str, ins: Any) -> ClientMessage:
+        spec = INSTRUCTIONS[kind]
+        try:
+            arguments = _decode_arguments(kind, ins)
+        except CodecError as error:
+            raise ProtocolError(f"{spec.ins_name}.{error}") from None
+
+        method: Callable[..., Any] | None = getattr(self.handler, spec.method, None)
+        if method is None:
+            return _failure(spec, f"Client does not implement {spec.method}")
+        try:
+            reply = _encode_result(kind, method(*arguments), spec.res_name)
+        except Exception as error:  # the user's code: report it, keep the stream alive
+            log.exception("%s failed", spec.method)
+            return _failure(spec, f"{spec.method} raised {type(error).__name__}: {error}")
+        return ClientMessage(**{spec.reply_field: reply})
+
+
+def _failure(spec: Instruction, text: str) -> ClientMessage:
+    """A reply whose only content is a non-OK Status (invariant 4)."""
+    status = Status(code=spec.failure_code, message=text)
+    return ClientMessage(**{spec.reply_field: {"status": status}})
+
+
+def _decode_arguments(kind: str, ins: Any) -> tuple[Any, ...]:
+    """The instruction's fields as the handler's arguments: (config,) or (parameters, config)."""
+    config = scalars_from_proto(ins.config, "config")
+    if kind in ("fit_ins", "evaluate_ins"):
+        return parameters_to_ndarrays(ins.parameters, "parameters"), config
+    return (config,)
+
+
+def _encode_result(kind: str, result: Any, res: str) -> dict[str, Any]:
+    """The handler's return value as the reply's fields (status OK)."""
+    ok = Status(code=Code.OK, message="Success")  # the text flwr's NumPyClient sends
+    if kind == "get_properties_ins":
+        return {"status": ok, "properties": scalars_to_proto(result, f"{res}.properties")}
+    if kind == "get_parameters_ins":
+        return {"status": ok, "parameters": ndarrays_to_parameters(result, f"{res}.parameters")}
+    if kind == "fit_ins":
+        arrays, num_examples, metrics = _unpack(result, "fit", "(parameters, num_examples, metrics)")
+        return {
+            "status": ok,
+            "parameters": ndarrays_to_parameters(arrays, f"{res}.parameters"),
+            "num_examples": _count(num_examples, f"{res}.num_examples"),
+            "metrics": scalars_to_proto(metrics, f"{res}.metrics"),
+        }
+    loss, num_examples, metrics = _unpack(result, "evaluate", "(loss, num_examples, metrics)")
+    try:
+        loss = float(loss)
+    except (TypeError, ValueError):
+        raise HandlerError(f"{res}.loss: expected a float, got {type(loss).__name__}") from None
+    return {
+        "status": ok,
+        "loss": loss,
+        "num_examples": _count(num_examples, f"{res}.num_examples"),
+        "metrics": scalars_to_proto(metrics, f"{res}.metrics"),
+    }
+
+
+def _unpack(result: Any, method: str, shape: str) -> tuple[Any, Any, Any]:
+    if not isinstance(result, (tuple, list)) or len(result) != 3:
+        raise HandlerError(f"{method} must return {shape}, got {type(result).__name__}")
+    return result[0], result[1], result[2]
+
+
+def _count(value: Any, field: str) -> int:
+    try:
+        count = operator.index(value)  # int or NumPy integer; not float, not bool-as-int
+    except TypeError:
+        raise HandlerError(f"{field}: expected an int, got {type(value).__name__}") from None
+    if isinstance(value, bool) or count < 0:
+        raise HandlerError(f"{field}: expected a non-negative int, got {value!r}")
+    return count
