@@ -1,0 +1,141 @@
+"""The two servers under test, each run with FedAvg and the same clock on its rounds.
+
+    python -m bench.servers flwr --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report flwr.json
+    python -m bench.servers ours --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report ours.json
+
+Both use FedAvg with fraction 1.0 and min fit/evaluate/available clients = N, starting from
+the same 1,000-parameter model. The strategy is wrapped so that each server times its own
+rounds the same way: a round starts when ``configure_fit`` returns (the N clients are
+connected and sampled) and ends when ``aggregate_evaluate`` returns (fit and evaluate of all
+N done and aggregated). Connecting the clients is timed separately and is not part of a round.
+The report is written when the server returns, so a run that never finishes leaves none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from bench.loadgen import MODEL_SIZE
+
+
+class RoundClock:
+    """Timestamps of the strategy calls that bound a round, and the result counts."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.rounds: list[dict] = []
+        self._round_start = 0.0
+
+    def fit_configured(self, server_round: int) -> None:
+        self._round_start = time.monotonic()
+        self.rounds.append({"round": server_round,
+                            "started_s": round(self._round_start - self.started, 3)})
+
+    def fit_aggregated(self, results: int, failures: int) -> None:
+        self.rounds[-1].update(fit_results=results, fit_failures=failures)
+
+    def evaluate_aggregated(self, results: int, failures: int) -> None:
+        self.rounds[-1].update(evaluate_results=results, evaluate_failures=failures,
+                               seconds=round(time.monotonic() - self._round_start, 3))
+
+    def write(self, path: str, server: str, clients: int) -> None:
+        with open(path, "w") as file:
+            json.dump({"server": server, "clients": clients, "rounds": self.rounds}, file, indent=1)
+
+
+def initial_model() -> list[np.ndarray]:
+    return [np.zeros(MODEL_SIZE, np.float32)]
+
+
+def run_flwr(address: str, clients: int, rounds: int, report: str) -> None:
+    """flwr's legacy ``start_server`` (thread-pool gRPC server) with a timed FedAvg."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # loopback only: no telemetry requests
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import ServerConfig, start_server
+    from flwr.server.strategy import FedAvg
+
+    clock = RoundClock()
+
+    class TimedFedAvg(FedAvg):
+        def configure_fit(self, server_round, parameters, client_manager):
+            instructions = super().configure_fit(server_round, parameters, client_manager)
+            clock.fit_configured(server_round)
+            return instructions
+
+        def aggregate_fit(self, server_round, results, failures):
+            clock.fit_aggregated(len(results), len(failures))
+            return super().aggregate_fit(server_round, results, failures)
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            aggregated = super().aggregate_evaluate(server_round, results, failures)
+            clock.evaluate_aggregated(len(results), len(failures))
+            return aggregated
+
+    strategy = TimedFedAvg(
+        fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
+        min_evaluate_clients=clients, min_available_clients=clients,
+        initial_parameters=ndarrays_to_parameters(initial_model()),
+    )
+    start_server(server_address=address, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+    clock.write(report, "flwr", clients)
+
+
+def run_ours(address: str, clients: int, rounds: int, report: str) -> None:
+    """fedproto's reference server (grpc.aio) with a timed FedAvg."""
+    from server import FedAvg, run_server
+
+    clock = RoundClock()
+
+    class TimedFedAvg(FedAvg):
+        def configure_fit(self, server_round, parameters, client_manager):
+            instructions = super().configure_fit(server_round, parameters, client_manager)
+            clock.fit_configured(server_round)
+            return instructions
+
+        def aggregate_fit(self, server_round, results, failures):
+            clock.fit_aggregated(len(results), len(failures))
+            return super().aggregate_fit(server_round, results, failures)
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            aggregated = super().aggregate_evaluate(server_round, results, failures)
+            clock.evaluate_aggregated(len(results), len(failures))
+            return aggregated
+
+    strategy = TimedFedAvg(
+        fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
+        min_evaluate_clients=clients, min_available_clients=clients,
+        initial_parameters=initial_model(),
+    )
+    run_server(address=address, strategy=strategy, rounds=rounds)
+    clock.write(report, "ours", clients)
+
+
+RUNNERS = {"ours": run_ours, "flwr": run_flwr}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.servers",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python -m bench.servers ours --address 127.0.0.1:8080 --clients 100 "
+               "--rounds 2 --report ours.json",
+    )
+    parser.add_argument("server", choices=sorted(RUNNERS), help="which server to run")
+    parser.add_argument("--address", required=True, help="HOST:PORT to listen on (loopback)")
+    parser.add_argument("--clients", type=int, required=True, help="N: min fit/evaluate/available")
+    parser.add_argument("--rounds", type=int, default=2, help="FedAvg rounds (default 2)")
+    parser.add_argument("--report", required=True, help="write the round timings here (JSON)")
+    args = parser.parse_args(argv)
+    RUNNERS[args.server](args.address, args.clients, args.rounds, args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
