@@ -1,9 +1,9 @@
 """Tensors and Scalars to and from the wire, exactly as flwr encodes them.
 
 - A tensor is one complete .npy file written by ``numpy.save(..., allow_pickle=False)``;
-  ``Parameters.tensor_type`` is ``"numpy.ndarray"``. Decoding uses ``numpy.load`` with
-  ``allow_pickle=False`` and additionally insists that the bytes hold exactly one array and
-  nothing after it.
+  ``Parameters.tensor_type`` is ``"numpy.ndarray"``. Decoding reads the .npy header with
+  ``numpy.lib.format`` and checks it before allocating anything: exactly one array (no .npz),
+  no object dtype (no pickle), and exactly as many data bytes as the header announces.
 - A Scalar is one of six kinds. Python ``bool`` -> bool, ``bytes`` -> bytes, ``float`` ->
   double, ``str`` -> string, ``int`` -> sint64 (uint64 above 2**63-1, as flwr does).
   NumPy scalars (``np.float32(0.5)``, ``np.int64(3)``, ``np.bool_``) are accepted and sent
@@ -16,6 +16,7 @@ Every failure is a :class:`CodecError` naming the field, e.g.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,10 @@ import numpy as np
 from fedproto.transport_pb2 import Parameters, Scalar
 
 TENSOR_TYPE = "numpy.ndarray"
+
+NPY_FORMAT = np.lib.format
+NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive is a zip file
 
 SINT64_MIN = -(2**63)
 SINT64_MAX = 2**63 - 1
@@ -55,22 +60,45 @@ def ndarray_to_bytes(array: np.ndarray, field: str = "tensor") -> bytes:
 
 
 def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
-    """The bytes of one .npy file -> ndarray. Refuses pickles, truncation and trailing bytes."""
+    """The bytes of one .npy file -> ndarray.
+
+    The header is read and checked before any array memory is allocated: pickled (object)
+    arrays, .npz archives, bad headers, truncated data and trailing bytes are all refused
+    with a reason. Then ``numpy.lib.format.read_array`` decodes it, exactly as ``numpy.load``.
+    """
+    if data.startswith(ZIP_MAGIC):  # what np.savez writes; np.load would accept it
+        raise CodecError(field, "expected one .npy array, got an .npz archive")
+    if not data.startswith(NPY_FORMAT.MAGIC_PREFIX):
+        raise CodecError(
+            field, f"not a .npy tensor (starts with {data[:6]!r}, expected {NPY_FORMAT.MAGIC_PREFIX!r})"
+        )
     buffer = io.BytesIO(data)
     try:
-        array = np.load(buffer, allow_pickle=False)
-    except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise CodecError(field, "object arrays are not accepted (pickled .npy)") from None
-        raise CodecError(field, f"not a valid .npy tensor ({error})") from None
-    except (EOFError, OSError) as error:
-        raise CodecError(field, f"not a valid .npy tensor ({error or 'empty'})") from None
-    if not isinstance(array, np.ndarray):  # np.load also reads .npz archives
-        raise CodecError(field, "expected one .npy array, got an .npz archive")
-    trailing = len(data) - buffer.tell()
-    if trailing:
-        raise CodecError(field, f"{trailing} unexpected bytes after the .npy data")
-    return array
+        version = NPY_FORMAT.read_magic(buffer)
+        if version not in NPY_VERSIONS:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        # 3.0 differs from 2.0 only in the header's text encoding (utf-8 field names),
+        # which changes no size, so the 2.0 reader is enough for these checks.
+        if version == (1, 0):
+            shape, _, dtype = NPY_FORMAT.read_array_header_1_0(buffer)
+        else:
+            shape, _, dtype = NPY_FORMAT.read_array_header_2_0(buffer)
+    except Exception as error:  # numpy's header parser raises ValueError, EOFError, TokenError...
+        raise CodecError(field, f"bad .npy header ({type(error).__name__}: {error})") from None
+    if dtype.hasobject:
+        raise CodecError(field, "object arrays are not accepted (pickled .npy)")
+    if any(size < 0 for size in shape):
+        raise CodecError(field, f"bad .npy header (negative size in shape {shape})")
+    expected = math.prod(shape) * dtype.itemsize
+    available = len(data) - buffer.tell()
+    if available < expected:
+        raise CodecError(
+            field, f"truncated .npy data: {dtype} {shape} needs {expected} bytes, got {available}"
+        )
+    if available > expected:
+        raise CodecError(field, f"{available - expected} unexpected bytes after the .npy data")
+    buffer.seek(0)
+    return NPY_FORMAT.read_array(buffer, allow_pickle=False)
 
 
 def ndarrays_to_parameters(arrays: Iterable[np.ndarray], field: str = "parameters") -> Parameters:
