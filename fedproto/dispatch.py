@@ -13,8 +13,10 @@ Invariants
 3. The user's handler sees only NumPy arrays and dicts of Python scalars, never protobuf.
 4. A handler that lacks a method, raises, or returns the wrong shape never breaks the stream:
    the reply carries a non-OK ``Status``. The contract has no generic error code, so the
-   method's ``*_NOT_IMPLEMENTED`` code is used and ``Status.message`` says what happened.
-   flwr's server counts any non-OK reply as a failure for that round and keeps the client.
+   method's ``*_NOT_IMPLEMENTED`` code is used and ``Status.message`` says what happened
+   ("Client does not implement `fit`", "fit raised ValueError: ...", "fit returned an invalid
+   result: FitRes.num_examples: ..."). flwr's server counts any non-OK reply as a failure
+   for that round and keeps the client.
 5. Input that is not a valid ServerMessage (undecodable bytes, no oneof set, a tensor that is
    not a plain .npy) raises :class:`ProtocolError`; the transport must end the stream.
 
@@ -34,13 +36,16 @@ DONE       anything                     ProtocolError (stream is over)   DONE
 =========  ===========================  ===============================  ==========
 
 In RECONNECT the transport closes the stream, waits ``session.reconnect_after`` seconds and
-joins again with a fresh session. In DONE it closes the stream and stops.
+joins again with a fresh session. In DONE it closes the stream and stops. (flwr's own client
+answers ReconnectIns(seconds = 0) with reason RECONNECT too; we send ACK, which the contract
+has for this case. flwr's server does not act on the reason.)
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import numbers
 import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,6 +53,7 @@ from typing import Any, NamedTuple
 from google.protobuf.message import DecodeError
 
 from fedproto.codec import (
+    SINT64_MAX,
     CodecError,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
@@ -147,13 +153,17 @@ class ClientSession:
 
         method: Callable[..., Any] | None = getattr(self.handler, spec.method, None)
         if method is None:
-            return _failure(spec, f"Client does not implement {spec.method}")
+            return _failure(spec, f"Client does not implement `{spec.method}`")  # flwr's text
         try:
-            reply = _encode_result(kind, method(*arguments), spec.res_name)
+            result = method(*arguments)
         except Exception as error:  # the user's code: report it, keep the stream alive
-            log.exception("%s failed", spec.method)
+            log.exception("%s raised", spec.method)
             return _failure(spec, f"{spec.method} raised {type(error).__name__}: {error}")
-        return ClientMessage(**{spec.reply_field: reply})
+        try:
+            return ClientMessage(**{spec.reply_field: _encode_result(kind, result, spec.res_name)})
+        except (CodecError, HandlerError) as error:
+            log.error("%s returned an invalid result: %s", spec.method, error)
+            return _failure(spec, f"{spec.method} returned an invalid result: {error}")
 
 
 def _failure(spec: Instruction, text: str) -> ClientMessage:
@@ -186,21 +196,21 @@ def _encode_result(kind: str, result: Any, res: str) -> dict[str, Any]:
             "metrics": scalars_to_proto(metrics, f"{res}.metrics"),
         }
     loss, num_examples, metrics = _unpack(result, "evaluate", "(loss, num_examples, metrics)")
-    try:
-        loss = float(loss)
-    except (TypeError, ValueError):
-        raise HandlerError(f"{res}.loss: expected a float, got {type(loss).__name__}") from None
+    if not isinstance(loss, numbers.Real) or isinstance(loss, bool):  # float, int, NumPy floats
+        raise HandlerError(f"{res}.loss: expected a float, got {type(loss).__name__}")
     return {
         "status": ok,
-        "loss": loss,
+        "loss": float(loss),
         "num_examples": _count(num_examples, f"{res}.num_examples"),
         "metrics": scalars_to_proto(metrics, f"{res}.metrics"),
     }
 
 
 def _unpack(result: Any, method: str, shape: str) -> tuple[Any, Any, Any]:
-    if not isinstance(result, (tuple, list)) or len(result) != 3:
+    if not isinstance(result, (tuple, list)):
         raise HandlerError(f"{method} must return {shape}, got {type(result).__name__}")
+    if len(result) != 3:
+        raise HandlerError(f"{method} must return {shape}, got a {type(result).__name__} of {len(result)}")
     return result[0], result[1], result[2]
 
 
@@ -209,6 +219,6 @@ def _count(value: Any, field: str) -> int:
         count = operator.index(value)  # int or NumPy integer; not float, not bool-as-int
     except TypeError:
         raise HandlerError(f"{field}: expected an int, got {type(value).__name__}") from None
-    if isinstance(value, bool) or count < 0:
-        raise HandlerError(f"{field}: expected a non-negative int, got {value!r}")
+    if isinstance(value, bool) or not 0 <= count <= SINT64_MAX:  # the field is an int64
+        raise HandlerError(f"{field}: expected a non-negative int64, got {value!r}")
     return count
