@@ -1,0 +1,54 @@
+"""Importing the protocol packages pulls in neither TensorFlow nor flwr.
+
+Each module is imported in a fresh interpreter, so nothing imported by another test (or by
+pytest plugins) can hide or fake the result. To cover a new module, add its name to MODULES.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODULES = [
+    "fedproto",
+    "fedproto.transport_pb2",
+    "fedproto.codec",
+    "fedproto.dispatch",
+    "fedproto.wire",
+    "client",
+    "client.app",
+    "client.cli",
+    "client.demo",
+]
+
+# Top-level packages that must stay out: TensorFlow (and its Keras) belong to the HAR model
+# only; flwr is what we test against, never what we run on.
+FORBIDDEN = ("tensorflow", "keras", "flwr")
+
+REPORT = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+forbidden = tuple(sys.argv[2:])
+print(sorted(name for name in sys.modules if name.split(".")[0] in forbidden))
+"""
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_import_pulls_in_neither_tensorflow_nor_flwr(module):
+    run = subprocess.run([sys.executable, "-c", REPORT, module, *FORBIDDEN], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "[]\n", f"importing {module} imported {run.stdout.strip()}"
+
+
+def test_the_check_sees_an_import_of_flwr():
+    """The probe itself works: a module that does import flwr is reported."""
+    run = subprocess.run([sys.executable, "-c", REPORT, "flwr.proto.transport_pb2", *FORBIDDEN],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "'flwr.proto.transport_pb2'" in run.stdout
