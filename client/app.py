@@ -36,9 +36,11 @@ EXIT_PROTOCOL_ERROR = 1  # the server sent something that is not a valid instruc
 EXIT_UNREACHABLE = 3  # no stream could be opened after all retries
 EXIT_TLS_ERROR = 4  # the TLS handshake failed (wrong CA, not a TLS server...)
 
-# How long to let the server read our DisconnectRes and end the call before we cancel it.
-# flwr's server keeps the stream open until it shuts down, so we do not wait for that.
-DISCONNECT_GRACE_SECONDS = 1.0
+# Once our DisconnectRes is sent, how long the server gets to take it before we end the call.
+# flwr's server never ends the call itself and counts us as available until we do, so this
+# is short; but it reads our reply and notices the call's end on different threads, and
+# cancelling at once can make it drop the reply (its reconnect() then fails).
+DISCONNECT_GRACE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def run_client(
             return EXIT_PROTOCOL_ERROR
         except grpc.RpcError as error:
             answered, reason = error.answered, _describe(error)  # type: ignore[attr-defined]
-            if _is_tls_failure(reason):
+            if root_certificates is not None and _is_tls_failure(reason):
                 log.error("TLS handshake with %s failed: %s", server_address, reason)
                 return EXIT_TLS_ERROR
             failures = 0 if answered else failures + 1
@@ -115,11 +117,19 @@ def _join_once(
         channel = grpc.secure_channel(server_address, credentials, options=options)
 
     outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    all_sent = threading.Event()
+
+    def requests():
+        # gRPC asks for the next request only once the previous one is sent, so reaching
+        # the None that ends our side means every ClientMessage (DisconnectRes too) is out.
+        yield from iter(outbox.get, None)
+        all_sent.set()
+
     answered = 0
     with channel:
         # No serializers: requests and responses are bytes, the session (de)serializes.
         join = channel.stream_stream(JOIN_METHOD)
-        inbox = join(iter(outbox.get, None))  # putting None ends our side of the stream
+        inbox = join(requests())
         try:
             for server_bytes in inbox:
                 started = time.perf_counter()
@@ -135,16 +145,15 @@ def _join_once(
             raise
         finally:
             outbox.put(None)
-        _end_call(inbox)
+        # The DisconnectRes is queued. Wait until gRPC has sent it, give the server a moment
+        # to take it (or to end the call itself), then cancel: flwr unregisters us only when
+        # the call ends, and until then it may pick us for its next instruction.
+        call_ended = threading.Event()
+        inbox.add_done_callback(lambda _call: call_ended.set())
+        if all_sent.wait(DISCONNECT_GRACE_SECONDS):
+            call_ended.wait(DISCONNECT_GRACE_SECONDS)
+        inbox.cancel()
     return answered
-
-
-def _end_call(inbox: Any) -> None:
-    """Half-close is queued; give the server a moment to take our DisconnectRes, then cancel."""
-    finished = threading.Event()
-    inbox.add_done_callback(lambda _call: finished.set())
-    finished.wait(DISCONNECT_GRACE_SECONDS)
-    inbox.cancel()
 
 
 class _StreamEnded(grpc.RpcError):

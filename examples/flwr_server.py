@@ -2,32 +2,45 @@
 
 This is the "real thing" our edge client is tested against. flwr is a test dependency only.
 
-    python examples/flwr_server.py --address 127.0.0.1:8080 --rounds 3 --min-clients 2 \
+    python examples/flwr_server.py --address 127.0.0.1:8080 --rounds 3 --min-clients 2 \\
         --history history.json [--config-json '{"lr": 0.5}'] [--certificates CA CERT KEY]
+
+Optional behaviours exercise the less common instructions of the protocol:
+  --ask-properties           send GetPropertiesIns to every client before round 1
+  --reconnect-after-round N  after fitting round N, send ReconnectIns(seconds=S) to every
+                             client (S = --reconnect-seconds) and wait for them to rejoin
+
+The History JSON holds flwr's distributed losses and metrics, the failures FedAvg saw in
+each fit round, and what the optional behaviours got back ("properties", "reconnects").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import time
 from pathlib import Path
 
 import numpy as np
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server import ServerConfig, start_server
+from flwr.common import GetPropertiesIns, ReconnectIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Server, ServerConfig, SimpleClientManager, start_server
+from flwr.server.server import reconnect_clients
 from flwr.server.strategy import FedAvg
 
 
 def weighted(metrics):
-    """Example-weighted mean of every numeric metric, plus the raw per-client values."""
-    total = sum(n for n, _ in metrics)
+    """Example-weighted mean of every numeric metric, plus each client's metrics verbatim.
+
+    History holds Scalars only, so the per-client metrics travel as one JSON string of
+    [num_examples, {key: repr(value)}] pairs; repr keeps the kind (True vs 1, b'a' vs 'a').
+    """
     out = {}
-    for key in {k for _, m in metrics for k in m}:
+    for key in sorted({k for _, m in metrics for k in m}):
         values = [(n, m[key]) for n, m in metrics if key in m]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v in values):
-            out[key] = sum(n * v for n, v in values) / total
-    out["per_client"] = json.dumps(sorted(json.dumps([n, {k: repr(v) for k, v in m.items()}], sort_keys=True) for n, m in metrics))
+            out[key] = sum(n * v for n, v in values) / sum(n for n, _ in values)
+    clients = [[n, {k: repr(v) for k, v in sorted(m.items())}] for n, m in metrics]
+    out["per_client"] = json.dumps(sorted(clients, key=json.dumps))
     return out
 
 
@@ -52,7 +65,57 @@ def _failure_text(failure) -> str:
     if isinstance(failure, BaseException):
         return f"{type(failure).__name__}: {failure}"
     _, res = failure
-    return f"status {int(res.status.code)}: {res.status.message}"
+    return f"{res.status.code.name}: {res.status.message}"
+
+
+class InstructingServer(Server):
+    """flwr's Server, plus GetPropertiesIns before round 1 and ReconnectIns after a round."""
+
+    def __init__(self, *, strategy, min_clients, ask_properties, reconnect_after_round, reconnect_seconds):
+        super().__init__(client_manager=SimpleClientManager(), strategy=strategy)
+        self.min_clients = min_clients
+        self.ask_properties = ask_properties
+        self.reconnect_after_round = reconnect_after_round
+        self.reconnect_seconds = reconnect_seconds
+        self.properties: list[dict] = []
+        self.reconnects: list[dict] = []
+
+    def fit_round(self, server_round, timeout):
+        if server_round == 1 and self.ask_properties:
+            self._ask_properties(timeout)
+        result = super().fit_round(server_round, timeout)
+        if server_round == self.reconnect_after_round:
+            self._reconnect_all(server_round, timeout)
+        return result
+
+    def _ask_properties(self, timeout):
+        self.client_manager().wait_for(self.min_clients)
+        ins = GetPropertiesIns(config={"asked_by": "flwr_server.py"})
+        for proxy in self.client_manager().all().values():
+            res = proxy.get_properties(ins, timeout=timeout, group_id=0)
+            self.properties.append({
+                "code": res.status.code.name,
+                "message": res.status.message,
+                "properties": {k: repr(v) for k, v in sorted(res.properties.items())},
+            })
+        self.properties.sort(key=json.dumps)
+
+    def _reconnect_all(self, server_round, timeout):
+        proxies = list(self.client_manager().all().values())
+        ins = ReconnectIns(seconds=self.reconnect_seconds)
+        results, failures = reconnect_clients([(p, ins) for p in proxies], max_workers=None, timeout=timeout)
+        # A client that answered DisconnectRes still counts as available until its stream
+        # ends; measure how long that takes, so a client that lingers shows up in the record.
+        started = time.monotonic()
+        while any(p.cid in self.client_manager().all() for p in proxies) and time.monotonic() - started < 30:
+            time.sleep(0.01)
+        self.reconnects.append({
+            "round": server_round,
+            "seconds": self.reconnect_seconds,
+            "reasons": sorted(res.reason for _, res in results),
+            "failures": [_failure_text(f) for f in failures],
+            "streams_closed_after_s": round(time.monotonic() - started, 3),
+        })
 
 
 def main() -> None:
@@ -69,8 +132,13 @@ def main() -> None:
                         help="start from zero tensors of these shapes instead of asking a client")
     parser.add_argument("--certificates", nargs=3, type=Path, metavar=("CA", "CERT", "KEY"))
     parser.add_argument("--round-timeout", type=float)
+    parser.add_argument("--ask-properties", action="store_true",
+                        help="send GetPropertiesIns to every client before round 1")
+    parser.add_argument("--reconnect-after-round", type=int, metavar="N",
+                        help="after fitting round N, send ReconnectIns to every client")
+    parser.add_argument("--reconnect-seconds", type=int, default=2, metavar="S",
+                        help="the seconds field of that ReconnectIns (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
 
     config = json.loads(args.config_json)
     for item in args.bytes_config:
@@ -94,11 +162,18 @@ def main() -> None:
         fit_metrics_aggregation_fn=weighted,
         evaluate_metrics_aggregation_fn=weighted,
     )
+    server = InstructingServer(
+        strategy=strategy,
+        min_clients=args.min_clients,
+        ask_properties=args.ask_properties,
+        reconnect_after_round=args.reconnect_after_round,
+        reconnect_seconds=args.reconnect_seconds,
+    )
     certificates = tuple(p.read_bytes() for p in args.certificates) if args.certificates else None
     history = start_server(
         server_address=args.address,
+        server=server,
         config=ServerConfig(num_rounds=args.rounds, round_timeout=args.round_timeout),
-        strategy=strategy,
         certificates=certificates,
     )
     args.history.write_text(json.dumps({
@@ -106,6 +181,8 @@ def main() -> None:
         "metrics_distributed_fit": history.metrics_distributed_fit,
         "metrics_distributed": history.metrics_distributed,
         "failures": strategy.failures,
+        "properties": server.properties,
+        "reconnects": server.reconnects,
     }, indent=1, default=repr))
 
 
