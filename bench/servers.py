@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -40,13 +41,34 @@ class RoundClock:
     def fit_aggregated(self, results: int, failures: int) -> None:
         self.rounds[-1].update(fit_results=results, fit_failures=failures)
 
-    def evaluate_aggregated(self, results: int, failures: int) -> None:
-        self.rounds[-1].update(evaluate_results=results, evaluate_failures=failures,
+    def evaluate_aggregated(self, results: int, failures: int, loss: float | None) -> None:
+        self.rounds[-1].update(evaluate_results=results, evaluate_failures=failures, loss=loss,
                                seconds=round(time.monotonic() - self._round_start, 3))
 
     def write(self, path: str, server: str, clients: int) -> None:
         with open(path, "w") as file:
             json.dump({"server": server, "clients": clients, "rounds": self.rounds}, file, indent=1)
+
+
+def timed(fedavg: type, clock: RoundClock) -> type:
+    """A subclass of ``fedavg`` (flwr's or ours: same method names) that reports to ``clock``."""
+
+    class TimedFedAvg(fedavg):
+        def configure_fit(self, server_round, parameters, client_manager):
+            instructions = super().configure_fit(server_round, parameters, client_manager)
+            clock.fit_configured(server_round)
+            return instructions
+
+        def aggregate_fit(self, server_round, results, failures):
+            clock.fit_aggregated(len(results), len(failures))
+            return super().aggregate_fit(server_round, results, failures)
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            aggregated = super().aggregate_evaluate(server_round, results, failures)
+            clock.evaluate_aggregated(len(results), len(failures), aggregated[0])
+            return aggregated
+
+    return TimedFedAvg
 
 
 def initial_model() -> list[np.ndarray]:
@@ -61,23 +83,7 @@ def run_flwr(address: str, clients: int, rounds: int, report: str) -> None:
     from flwr.server.strategy import FedAvg
 
     clock = RoundClock()
-
-    class TimedFedAvg(FedAvg):
-        def configure_fit(self, server_round, parameters, client_manager):
-            instructions = super().configure_fit(server_round, parameters, client_manager)
-            clock.fit_configured(server_round)
-            return instructions
-
-        def aggregate_fit(self, server_round, results, failures):
-            clock.fit_aggregated(len(results), len(failures))
-            return super().aggregate_fit(server_round, results, failures)
-
-        def aggregate_evaluate(self, server_round, results, failures):
-            aggregated = super().aggregate_evaluate(server_round, results, failures)
-            clock.evaluate_aggregated(len(results), len(failures))
-            return aggregated
-
-    strategy = TimedFedAvg(
+    strategy = timed(FedAvg, clock)(
         fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
         min_evaluate_clients=clients, min_available_clients=clients,
         initial_parameters=ndarrays_to_parameters(initial_model()),
@@ -90,24 +96,9 @@ def run_ours(address: str, clients: int, rounds: int, report: str) -> None:
     """fedproto's reference server (grpc.aio) with a timed FedAvg."""
     from server import FedAvg, run_server
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     clock = RoundClock()
-
-    class TimedFedAvg(FedAvg):
-        def configure_fit(self, server_round, parameters, client_manager):
-            instructions = super().configure_fit(server_round, parameters, client_manager)
-            clock.fit_configured(server_round)
-            return instructions
-
-        def aggregate_fit(self, server_round, results, failures):
-            clock.fit_aggregated(len(results), len(failures))
-            return super().aggregate_fit(server_round, results, failures)
-
-        def aggregate_evaluate(self, server_round, results, failures):
-            aggregated = super().aggregate_evaluate(server_round, results, failures)
-            clock.evaluate_aggregated(len(results), len(failures))
-            return aggregated
-
-    strategy = TimedFedAvg(
+    strategy = timed(FedAvg, clock)(
         fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
         min_evaluate_clients=clients, min_available_clients=clients,
         initial_parameters=initial_model(),

@@ -1,0 +1,270 @@
+"""Scale: N concurrent clients through FedAvg rounds, our server and flwr's side by side.
+
+    python -m bench.scale                                  # N = 100, 1000, 5000, 10000
+    python -m bench.scale --clients 100 1000 --rounds 1    # a quick look
+
+For every N, each server (``bench.servers``) runs in its own subprocess against the same load
+generator (``bench.loadgen``, N streams in ``--processes`` worker processes), one server
+after the other so they never share the CPU. Measured per run:
+
+- seconds per round: the mean of the server's own round clock (configure_fit returned ->
+  aggregate_evaluate returned, N fit and N evaluate results), connection time excluded;
+- peak RSS of the server process, from ``os.wait4``'s ``ru_maxrss`` (interpreter and imports
+  included).
+
+A run still going after its timeout is killed and reported as "did not complete in T s":
+flwr's legacy server serves at most 1,000 streams (its thread pool) and refuses the rest with
+RESOURCE_EXHAUSTED, so with more clients it waits forever for the N it was told to expect.
+Results go to ``OUT/scale.json`` and ``OUT/scale.png``; process logs to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger("bench.scale")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CLIENTS = (100, 1000, 5000, 10000)
+SERVERS = ("ours", "flwr")
+POLL_SECONDS = 0.2
+LOADGEN_EXIT_GRACE_SECONDS = 30.0  # the load generator's own deadline equals the run's timeout
+
+
+@dataclass
+class Run:
+    server: str
+    clients: int
+    completed: bool
+    seconds_per_round: float | None  # mean over the rounds; None unless every round completed
+    round_seconds: list[float]
+    peak_rss_mb: float
+    wall_seconds: float
+    timeout: float
+    note: str  # why a run did not complete, or the failures it counted
+
+
+def default_timeout(clients: int) -> float:
+    """Generous for our server at any N (connecting 10,000 streams on 2 cores takes a while)."""
+    return max(90.0, clients / 40)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_one(server: str, clients: int, rounds: int, timeout: float, processes: int,
+            streams_per_channel: int, log_dir: Path) -> Run:
+    """One server against one load generator; both are always stopped before returning."""
+    address = f"127.0.0.1:{free_port()}"
+    tag = f"{server}-{clients}"
+    report = log_dir / f"{tag}.rounds.json"
+    load_report = log_dir / f"{tag}.loadgen.json"
+    python = sys.executable
+    started = time.monotonic()
+    with open(log_dir / f"{tag}.server.log", "wb") as server_log, \
+         open(log_dir / f"{tag}.loadgen.log", "wb") as load_log:
+        server_proc = subprocess.Popen(
+            [python, "-m", "bench.servers", server, "--address", address, "--clients", str(clients),
+             "--rounds", str(rounds), "--report", str(report)],
+            cwd=ROOT, stdout=server_log, stderr=subprocess.STDOUT)
+        # Its own session, so the worker processes it spawns can be stopped with it.
+        load_proc = subprocess.Popen(
+            [python, "-m", "bench.loadgen", "--server", address, "--clients", str(clients),
+             "--processes", str(processes), "--streams-per-channel", str(streams_per_channel),
+             "--duration", str(timeout), "--report", str(load_report)],
+            cwd=ROOT, stdout=load_log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            status, rusage = _wait_or_kill(server_proc.pid, started + timeout)
+            wall = time.monotonic() - started
+            try:
+                load_proc.wait(timeout=max(0.0, started + timeout - time.monotonic())
+                               + LOADGEN_EXIT_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.warning("%s: load generator did not stop by itself; killing it", tag)
+        finally:
+            _kill_group(load_proc)
+            if server_proc.returncode is None and _alive(server_proc.pid):
+                server_proc.kill()
+                os.wait4(server_proc.pid, 0)
+    peak_rss_mb = rusage.ru_maxrss / 1024  # Linux reports kilobytes
+    return _summarize(server, clients, rounds, timeout, status, wall, peak_rss_mb, report, load_report)
+
+
+def _wait_or_kill(pid: int, deadline: float) -> tuple[int | None, os.struct_rusage]:
+    """(exit status or None if killed at the deadline, resource usage of the process)."""
+    while time.monotonic() < deadline:
+        waited, status, rusage = os.wait4(pid, os.WNOHANG)
+        if waited == pid:
+            return status, rusage
+        time.sleep(POLL_SECONDS)
+    os.kill(pid, signal.SIGKILL)
+    _, _, rusage = os.wait4(pid, 0)
+    return None, rusage
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _, _ = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # already reaped by _wait_or_kill
+    return waited == 0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _summarize(server: str, clients: int, rounds: int, timeout: float, status: int | None,
+               wall: float, peak_rss_mb: float, report: Path, load_report: Path) -> Run:
+    load = json.loads(load_report.read_text()) if load_report.exists() else {}
+    errors = load.get("stream_errors", {})
+    error_text = "; ".join(f"{count}x {text}" for text, count in
+                           sorted(errors.items(), key=lambda item: -item[1])[:3])
+    if status is None:
+        note = f"did not complete in {timeout:.0f} s" + (f" (clients saw {error_text})" if errors else "")
+        return Run(server, clients, False, None, [], peak_rss_mb, wall, timeout, note)
+    if not report.exists():
+        note = f"server exited with status {os.waitstatus_to_exitcode(status)} without a report"
+        return Run(server, clients, False, None, [], peak_rss_mb, wall, timeout, note)
+    measured = json.loads(report.read_text())["rounds"]
+    seconds = [entry["seconds"] for entry in measured if "seconds" in entry]
+    complete = len(seconds) == rounds and all(
+        entry["fit_results"] == clients and entry["evaluate_results"] == clients for entry in measured)
+    failures = sum(entry.get("fit_failures", 0) + entry.get("evaluate_failures", 0) for entry in measured)
+    note = "" if complete else f"incomplete rounds: {measured}"
+    if failures:
+        note = f"{failures} client failures counted; {note}".rstrip("; ")
+    mean = round(sum(seconds) / len(seconds), 3) if complete else None
+    return Run(server, clients, complete, mean, seconds, peak_rss_mb, wall, timeout, note)
+
+
+def format_table(runs: list[Run]) -> str:
+    """Markdown table: one row per N, ours and flwr side by side."""
+    by_key = {(run.server, run.clients): run for run in runs}
+    lines = ["| N | ours s/round | flwr s/round | flwr / ours | ours peak RSS | flwr peak RSS |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for clients in sorted({run.clients for run in runs}):
+        ours, flwr = by_key.get(("ours", clients)), by_key.get(("flwr", clients))
+        ratio = (f"{flwr.seconds_per_round / ours.seconds_per_round:.1f}x"
+                 if ours and flwr and ours.completed and flwr.completed else "—")
+        lines.append(f"| {clients} | {_cell(ours)} | {_cell(flwr)} | {ratio} | "
+                     f"{_rss(ours)} | {_rss(flwr)} |")
+    return "\n".join(lines)
+
+
+def _cell(run: Run | None) -> str:
+    if run is None:
+        return "not run"
+    if run.completed:
+        return f"{run.seconds_per_round:.3f}"
+    return run.note.split(" (")[0]
+
+
+def _rss(run: Run | None) -> str:
+    return f"{run.peak_rss_mb:.0f} MB" if run else "not run"
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, (time_axis, rss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for server, marker in (("ours", "o"), ("flwr", "s")):
+        mine = sorted((run for run in runs if run.server == server), key=lambda run: run.clients)
+        done = [run for run in mine if run.completed]
+        time_axis.plot([run.clients for run in done], [run.seconds_per_round for run in done],
+                       marker=marker, label=server)
+        stuck = [run for run in mine if not run.completed]
+        if stuck:
+            time_axis.scatter([run.clients for run in stuck], [run.timeout for run in stuck],
+                              marker="x", color="red", zorder=3,
+                              label=f"{server}: did not complete (plotted at the timeout)")
+        rss_axis.plot([run.clients for run in mine], [run.peak_rss_mb for run in mine],
+                      marker=marker, label=server)
+    time_axis.set(xscale="log", yscale="log", xlabel="concurrent clients N",
+                  ylabel="seconds per FedAvg round (fit + evaluate)", title="Round time")
+    rss_axis.set(xscale="log", xlabel="concurrent clients N", ylabel="server peak RSS (MB)",
+                 title="Server memory")
+    for axis in (time_axis, rss_axis):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m bench.scale\n"
+               "  python -m bench.scale --clients 100 1000 --rounds 1 --out /tmp/scale\n"
+               "  python -m bench.scale --clients 10000 --servers ours --timeout 300",
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=list(DEFAULT_CLIENTS),
+                        help="values of N (default: %(default)s)")
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
+                        help="servers to run, in this order for every N (default: ours flwr)")
+    parser.add_argument("--rounds", type=int, default=2, help="FedAvg rounds per run (default 2)")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds before a run is killed (default: max(90, N/40))")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="load generator worker processes (default 2: one per core)")
+    parser.add_argument("--streams-per-channel", type=int, default=100,
+                        help="Join streams per client channel / TCP connection (default 100)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                        help="folder for scale.json and scale.png (default bench/results)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="fedproto-scale-"))
+    log.info("process logs in %s", log_dir)
+    runs: list[Run] = []
+    for clients in args.clients:
+        for server in args.servers:
+            timeout = args.timeout or default_timeout(clients)
+            log.info("N=%d %s: starting (timeout %.0f s)", clients, server, timeout)
+            run = run_one(server, clients, args.rounds, timeout, args.processes,
+                          args.streams_per_channel, log_dir)
+            runs.append(run)
+            outcome = (f"{run.seconds_per_round:.3f} s/round {run.round_seconds}" if run.completed
+                       else run.note)
+            log.info("N=%d %s: %s, peak RSS %.0f MB", clients, server, outcome, run.peak_rss_mb)
+
+    table = format_table(runs)
+    print(table)
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "rounds": args.rounds, "processes": args.processes,
+        "streams_per_channel": args.streams_per_channel,
+        "runs": [asdict(run) for run in runs], "table": table,
+    }
+    (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+    plot(runs, args.out / "scale.png")
+    log.info("wrote %s and %s", args.out / "scale.json", args.out / "scale.png")
+    return 0 if all(run.completed for run in runs if run.server == "ours") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
