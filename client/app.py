@@ -132,6 +132,8 @@ def _join_once(
         inbox = join(requests())
         try:
             for server_bytes in inbox:
+                if answered == 0:
+                    log.info("joined %s", server_address)  # the stream is up: the server spoke
                 started = time.perf_counter()
                 outbox.put(session.receive_bytes(server_bytes))
                 answered += 1

@@ -44,6 +44,36 @@ def load_handler(spec: str) -> Any:
     return target
 
 
+def server_address(text: str) -> str:
+    """argparse type for --server: HOST:PORT or [IPv6]:PORT, port 1..65535."""
+    if ":" not in text or text.endswith("]"):
+        raise argparse.ArgumentTypeError(f"{text!r} has no port; expected HOST:PORT, e.g. 127.0.0.1:8080")
+    host, _, port = text.rpartition(":")
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r} has no host; expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 host goes in brackets, e.g. [::1]:8080")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535, not {port!r}")
+    return text
+
+
+def positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedproto-client",
@@ -51,17 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--server", required=True, metavar="HOST:PORT",
+    parser.add_argument("--server", required=True, type=server_address, metavar="HOST:PORT",
                         help="server address, e.g. 127.0.0.1:8080 or [::1]:8080")
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR",
                         help="handler instance, class or zero-argument factory, e.g. client.demo:make_client")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
                         help="CA bundle that signed the server's certificate; enables TLS")
-    parser.add_argument("--max-message-length", type=int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
+    parser.add_argument("--max-message-length", type=positive_int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
                         help="largest message sent or accepted (default: %(default)s, flwr's 512 MiB)")
-    parser.add_argument("--retries", type=int, default=Retry.attempts, metavar="N",
+    parser.add_argument("--retries", type=positive_int, default=Retry.attempts, metavar="N",
                         help="failed joins in a row before giving up (default: %(default)s)")
-    parser.add_argument("--retry-delay", type=float, default=Retry.first_delay, metavar="SECONDS",
+    parser.add_argument("--retry-delay", type=non_negative_float, default=Retry.first_delay, metavar="SECONDS",
                         help="first backoff delay, doubled each failure up to 30 s (default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser

@@ -214,9 +214,10 @@ def test_reconnect_with_seconds_rejoins_after_the_pause_and_keeps_training(spawn
         lines = proc.log().splitlines()
         [asked] = [i for i, line in enumerate(lines) if "server asked us to reconnect in 2 s" in line]
         assert "reconnect_ins(seconds=2) answered with DisconnectRes" in lines[asked - 1]
-        rejoined = lines[asked + 1]
-        assert "evaluate_ins (" in rejoined  # round 1's evaluation, on the new stream
-        assert (log_time(rejoined) - log_time(lines[asked])).total_seconds() >= 2.0
+        assert f"joined {run.address}" in lines[asked + 1]
+        assert "evaluate_ins (" in lines[asked + 2]  # round 1's evaluation, on the new stream
+        assert (log_time(lines[asked + 1]) - log_time(lines[asked])).total_seconds() >= 2.0
+        assert sum(f"joined {run.address}" in line for line in lines) == 2
         assert "server ended the session" in lines[-1]
 
 
