@@ -1,0 +1,27 @@
+"""The fedproto reference server: Flower's legacy server (``FlowerService.Join``) on grpc.aio.
+
+    from server import run_server, FedAvg
+    result = run_server(address="0.0.0.0:8080", strategy=FedAvg(min_available_clients=2), rounds=3)
+    result.history, result.parameters
+
+- ``server.transport``: the Join servicer (one coroutine per stream), TLS, message sizes.
+- ``server.client_manager``: connected clients; ``wait_for``, ``sample``.
+- ``server.loop``: the rounds (fit, evaluate, failures, checkpoints).
+- ``server.strategy``: ``Strategy`` (flwr's interface, on NumPy arrays) and ``FedAvg``.
+- ``server.history``, ``server.checkpoint``: what happened, and how to resume it.
+- ``server.cli``: the ``fedproto-server`` command.
+"""
+
+from server.app import run_server
+from server.client_manager import ClientManager
+from server.history import History, RoundRecord
+from server.loop import ClientsUnavailable, ServerResult
+from server.messages import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
+from server.strategy import FedAvg, Strategy
+from server.transport import BindError
+
+__all__ = [
+    "BindError", "ClientManager", "ClientsUnavailable", "EvaluateIns", "EvaluateRes", "Failure",
+    "FailureKind", "FedAvg", "FitIns", "FitRes", "History", "RoundRecord", "ServerResult", "Strategy",
+    "run_server",
+]

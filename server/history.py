@@ -1,0 +1,140 @@
+"""What happened in a run: losses and metrics per round (flwr's History) plus each round's failures.
+
+Losses are ``[(round, value), ...]``; metrics are ``{name: [(round, value), ...]}``, as in
+flwr. ``rounds`` adds what flwr's History leaves out: how many clients answered each step and
+why the others did not. ``to_json``/``from_json`` round-trip exactly (bytes metrics included).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedproto.codec import ScalarValue
+from server.messages import Failure, FailureKind, Metrics
+
+Losses = list[tuple[int, float]]
+MetricsHistory = dict[str, list[tuple[int, ScalarValue]]]
+
+
+@dataclass
+class RoundRecord:
+    """One round: clients that delivered a usable reply, and the failures, per step."""
+
+    server_round: int
+    fit_ok: int = 0
+    fit_failures: list[Failure] = field(default_factory=list)
+    evaluate_ok: int = 0
+    evaluate_failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class History:
+    losses_distributed: Losses = field(default_factory=list)
+    losses_centralized: Losses = field(default_factory=list)
+    metrics_distributed_fit: MetricsHistory = field(default_factory=dict)
+    metrics_distributed: MetricsHistory = field(default_factory=dict)
+    metrics_centralized: MetricsHistory = field(default_factory=dict)
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    @property
+    def last_round(self) -> int:
+        """The last round completed (0 before the first)."""
+        return self.rounds[-1].server_round if self.rounds else 0
+
+    def round(self, server_round: int) -> RoundRecord:
+        for record in self.rounds:
+            if record.server_round == server_round:
+                return record
+        raise KeyError(f"no round {server_round} in this history")
+
+    def add_loss_distributed(self, server_round: int, loss: float) -> None:
+        self.losses_distributed.append((server_round, loss))
+
+    def add_loss_centralized(self, server_round: int, loss: float) -> None:
+        self.losses_centralized.append((server_round, loss))
+
+    def add_metrics_distributed_fit(self, server_round: int, metrics: Metrics) -> None:
+        _add_metrics(self.metrics_distributed_fit, server_round, metrics)
+
+    def add_metrics_distributed(self, server_round: int, metrics: Metrics) -> None:
+        _add_metrics(self.metrics_distributed, server_round, metrics)
+
+    def add_metrics_centralized(self, server_round: int, metrics: Metrics) -> None:
+        _add_metrics(self.metrics_centralized, server_round, metrics)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps({
+            "losses_distributed": self.losses_distributed,
+            "losses_centralized": self.losses_centralized,
+            "metrics_distributed_fit": _metrics_to_json(self.metrics_distributed_fit),
+            "metrics_distributed": _metrics_to_json(self.metrics_distributed),
+            "metrics_centralized": _metrics_to_json(self.metrics_centralized),
+            "rounds": [_round_to_json(record) for record in self.rounds],
+        }, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> History:
+        data = json.loads(text)
+        return cls(
+            losses_distributed=[(r, loss) for r, loss in data["losses_distributed"]],
+            losses_centralized=[(r, loss) for r, loss in data["losses_centralized"]],
+            metrics_distributed_fit=_metrics_from_json(data["metrics_distributed_fit"]),
+            metrics_distributed=_metrics_from_json(data["metrics_distributed"]),
+            metrics_centralized=_metrics_from_json(data["metrics_centralized"]),
+            rounds=[_round_from_json(record) for record in data["rounds"]],
+        )
+
+
+def _add_metrics(target: MetricsHistory, server_round: int, metrics: Metrics) -> None:
+    for name, value in metrics.items():
+        target.setdefault(name, []).append((server_round, value))
+
+
+# JSON has no bytes type: a bytes metric is stored as {"bytes_hex": "..."}.
+def _value_to_json(value: ScalarValue) -> Any:
+    return {"bytes_hex": value.hex()} if isinstance(value, bytes) else value
+
+
+def _value_from_json(value: Any) -> ScalarValue:
+    return bytes.fromhex(value["bytes_hex"]) if isinstance(value, dict) else value
+
+
+def _metrics_to_json(metrics: MetricsHistory) -> dict[str, list[Any]]:
+    return {name: [[r, _value_to_json(v)] for r, v in values] for name, values in metrics.items()}
+
+
+def _metrics_from_json(data: dict[str, list[Any]]) -> MetricsHistory:
+    return {name: [(r, _value_from_json(v)) for r, v in values] for name, values in data.items()}
+
+
+def _failure_to_json(failure: Failure) -> dict[str, str]:
+    return {"cid": failure.cid, "kind": failure.kind.value, "reason": failure.reason}
+
+
+def _failure_from_json(data: dict[str, str]) -> Failure:
+    return Failure(data["cid"], FailureKind(data["kind"]), data["reason"])
+
+
+def _round_to_json(record: RoundRecord) -> dict[str, Any]:
+    return {
+        "round": record.server_round,
+        "fit_ok": record.fit_ok,
+        "fit_failures": [_failure_to_json(f) for f in record.fit_failures],
+        "evaluate_ok": record.evaluate_ok,
+        "evaluate_failures": [_failure_to_json(f) for f in record.evaluate_failures],
+        "seconds": record.seconds,
+    }
+
+
+def _round_from_json(data: dict[str, Any]) -> RoundRecord:
+    return RoundRecord(
+        server_round=data["round"],
+        fit_ok=data["fit_ok"],
+        fit_failures=[_failure_from_json(f) for f in data["fit_failures"]],
+        evaluate_ok=data["evaluate_ok"],
+        evaluate_failures=[_failure_from_json(f) for f in data["evaluate_failures"]],
+        seconds=data["seconds"],
+    )

@@ -1,0 +1,200 @@
+"""The server's end of ``FlowerService.Join`` on ``grpc.aio``: one coroutine per stream.
+
+flwr's legacy server gives every stream a thread from a fixed pool, so its capacity is the
+pool size. Here a stream is a coroutine parked on an asyncio queue, so thousands of idle
+clients cost memory, not threads.
+
+The Join method is registered as a generic handler with no (de)serializers: gRPC hands us the
+raw bytes of each ClientMessage and we parse them, so a reply that is not a ClientMessage is
+reported as a named failure of that client instead of an error inside gRPC.
+
+Per stream (the server speaks first, the client answers each message once, in order):
+
+1. Stream opens: a :class:`ClientProxy` is registered with the client manager.
+2. The FL loop calls :meth:`ClientProxy.request`; the stream's coroutine writes the
+   ServerMessage, reads one reply and hands it back.
+3. No reply within the timeout: the stream is aborted with DEADLINE_EXCEEDED (as flwr does),
+   because a late answer could no longer be told apart from the next one.
+4. Stream ends (client closed or vanished, abort, server stop): the proxy is unregistered and
+   a pending request fails with ``stream_closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from fedproto.transport_pb2 import ClientMessage
+from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH, message_size_options
+from server.client_manager import ClientManager
+from server.messages import FailureKind
+
+log = logging.getLogger("fedproto.server")
+
+# grpc core queues at most this many calls that arrived before the application asked for the
+# next one, and past the hard limit cancels new calls outright (defaults 1000 and 3000): a burst
+# of thousands of clients joining at once would lose joins.
+MAX_PENDING_JOINS = 100_000
+
+SERVICE_NAME, _, METHOD_NAME = JOIN_METHOD.lstrip("/").partition("/")
+
+
+class ReplyError(Exception):
+    """A request to one client did not produce a ClientMessage; ``kind`` says why."""
+
+    def __init__(self, kind: FailureKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class BindError(OSError):
+    """The server could not listen on the address (in use, bad host, no permission)."""
+
+
+@dataclass
+class _Outgoing:
+    data: bytes  # a serialized ServerMessage
+    timeout: float | None  # seconds to wait for the reply
+    last: bool  # end the stream (status OK) once the reply is in
+    reply: asyncio.Future[bytes]
+
+
+class ClientProxy:
+    """One connected client, as the FL loop sees it: send a ServerMessage, await the reply."""
+
+    def __init__(self, cid: str, peer: str) -> None:
+        self.cid = cid
+        self.peer = peer
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._lock = asyncio.Lock()  # one request in flight per stream: replies come in order
+        self._in_flight: _Outgoing | None = None  # written, reply not read yet
+        self._ended: str | None = None  # why the stream ended, once it has
+
+    def __repr__(self) -> str:
+        return f"ClientProxy({self.cid}, {self.peer})"
+
+    async def request(
+        self, message: bytes, timeout: float | None = None, last: bool = False
+    ) -> ClientMessage:
+        """Send a serialized ServerMessage, return the client's reply; raises :class:`ReplyError`.
+
+        The caller serializes, so one FitIns sent to thousands of clients is encoded once.
+        ``last=True`` ends the stream normally after the reply (used for ReconnectIns).
+        """
+        async with self._lock:
+            if self._ended is not None:
+                raise ReplyError(FailureKind.STREAM_CLOSED, self._ended)
+            reply = asyncio.get_running_loop().create_future()
+            self._outbox.put_nowait(_Outgoing(message, timeout, last, reply))
+            data = await reply
+        client_message = ClientMessage()
+        try:
+            client_message.ParseFromString(data)
+        except DecodeError as error:
+            raise ReplyError(
+                FailureKind.MALFORMED, f"reply is not a ClientMessage ({error}; {len(data)} bytes)"
+            ) from None
+        return client_message
+
+    async def serve(self, context: grpc.aio.ServicerContext) -> None:
+        """The stream's side: write each request, read its reply. Returns when the stream ends."""
+        try:
+            while True:
+                self._in_flight = outgoing = await self._outbox.get()
+                await context.write(outgoing.data)
+                try:
+                    data = await asyncio.wait_for(context.read(), outgoing.timeout)
+                except TimeoutError:
+                    reason = f"no reply within {outgoing.timeout:g} s"
+                    self._end(reason, FailureKind.TIMEOUT)
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
+                if data is grpc.aio.EOF:
+                    self._end("client closed the stream", FailureKind.STREAM_CLOSED)
+                    return
+                self._in_flight = None
+                outgoing.reply.set_result(data)
+                if outgoing.last:
+                    self._end("server ended the session", FailureKind.STREAM_CLOSED)
+                    return
+        finally:
+            self._end("stream ended", FailureKind.STREAM_CLOSED)
+
+    def _end(self, reason: str, kind: FailureKind) -> None:
+        """Mark the stream over and fail every request that can no longer be answered."""
+        if self._ended is None:
+            self._ended = reason
+        waiting = [self._in_flight] if self._in_flight is not None else []
+        self._in_flight = None
+        while not self._outbox.empty():
+            waiting.append(self._outbox.get_nowait())
+        for outgoing in waiting:
+            if not outgoing.reply.done():
+                outgoing.reply.set_exception(ReplyError(kind, reason))
+
+
+class JoinServicer:
+    """Registers a proxy for every Join stream and runs it until the stream ends."""
+
+    def __init__(self, client_manager: ClientManager) -> None:
+        self.client_manager = client_manager
+
+    async def join(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        proxy = ClientProxy(uuid.uuid4().hex[:12], context.peer())
+        self.client_manager.register(proxy)
+        log.debug("client %s joined from %s (%d connected)", proxy.cid, proxy.peer,
+                  self.client_manager.num_available())
+        try:
+            await proxy.serve(context)
+        finally:
+            self.client_manager.unregister(proxy)
+            log.debug("client %s left (%d connected)", proxy.cid, self.client_manager.num_available())
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        # No deserializer/serializer: requests and responses stay bytes (see module docstring).
+        join = grpc.stream_stream_rpc_method_handler(self.join)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: join})
+
+
+def server_options(max_message_length: int = MAX_MESSAGE_LENGTH) -> list[tuple[str, int]]:
+    return [
+        *message_size_options(max_message_length),
+        ("grpc.server.max_pending_requests", MAX_PENDING_JOINS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_JOINS),
+        # With port reuse a second server on the same port would silently share (steal) clients.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def create_server(
+    address: str,
+    client_manager: ClientManager,
+    certificates: tuple[bytes, bytes, bytes] | None = None,
+    max_message_length: int = MAX_MESSAGE_LENGTH,
+) -> grpc.aio.Server:
+    """A grpc.aio server with the Join handler bound to ``address`` (not started yet).
+
+    ``certificates`` = (CA, server certificate, server private key), PEM bytes: TLS, as in
+    flwr's ``start_server`` (clients are not asked for certificates).
+    """
+    server = grpc.aio.server(options=server_options(max_message_length))
+    server.add_generic_rpc_handlers((JoinServicer(client_manager).generic_handler(),))
+    try:
+        if certificates is None:
+            port = server.add_insecure_port(address)
+        else:
+            ca, cert, key = certificates
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=False
+            )
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise BindError(f"cannot listen on {address}: {error}") from None
+    if port == 0:
+        raise BindError(f"cannot listen on {address}")
+    return server
