@@ -101,16 +101,25 @@ def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
     return NPY_FORMAT.read_array(buffer, allow_pickle=False)
 
 
-def ndarrays_to_parameters(arrays: Iterable[np.ndarray], field: str = "parameters") -> Parameters:
-    """A list of ndarrays -> Parameters(tensors=[.npy, ...], tensor_type="numpy.ndarray")."""
+def ndarrays_to_parameters(
+    arrays: Iterable[np.ndarray], field: str = "parameters", *, out: Parameters | None = None
+) -> Parameters:
+    """A list of ndarrays -> Parameters(tensors=[.npy, ...], tensor_type="numpy.ndarray").
+
+    With ``out`` (e.g. ``reply.fit_res.parameters``) the tensors are written straight into
+    that message, so each one is copied into protobuf once, not again when nesting it.
+    """
     if isinstance(arrays, np.ndarray):
         raise CodecError(field, "expected a list of ndarrays, got a single ndarray")
     try:
         items = list(arrays)
     except TypeError:
         raise CodecError(field, f"expected a list of ndarrays, got {type(arrays).__name__}") from None
-    tensors = [ndarray_to_bytes(a, f"{field}.tensors[{i}]") for i, a in enumerate(items)]
-    return Parameters(tensors=tensors, tensor_type=TENSOR_TYPE)
+    parameters = Parameters() if out is None else out
+    parameters.tensor_type = TENSOR_TYPE
+    for i, array in enumerate(items):
+        parameters.tensors.append(ndarray_to_bytes(array, f"{field}.tensors[{i}]"))
+    return parameters
 
 
 def parameters_to_ndarrays(parameters: Parameters, field: str = "parameters") -> list[np.ndarray]:

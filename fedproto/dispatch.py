@@ -159,11 +159,14 @@ class ClientSession:
         except Exception as error:  # the user's code: report it, keep the stream alive
             log.exception("%s raised", spec.method)
             return _failure(spec, f"{spec.method} raised {type(error).__name__}: {error}")
+        del arguments  # the received tensors: free them before the reply's are built
+        reply = ClientMessage()
         try:
-            return ClientMessage(**{spec.reply_field: _encode_result(kind, result, spec.res_name)})
+            _fill_reply(kind, result, getattr(reply, spec.reply_field), spec.res_name)
         except (CodecError, HandlerError) as error:
             log.error("%s returned an invalid result: %s", spec.method, error)
             return _failure(spec, f"{spec.method} returned an invalid result: {error}")
+        return reply
 
 
 def _failure(spec: Instruction, text: str) -> ClientMessage:
@@ -180,30 +183,29 @@ def _decode_arguments(kind: str, ins: Any) -> tuple[Any, ...]:
     return (config,)
 
 
-def _encode_result(kind: str, result: Any, res: str) -> dict[str, Any]:
-    """The handler's return value as the reply's fields (status OK)."""
-    ok = Status(code=Code.OK, message="Success")  # the text flwr's NumPyClient sends
+def _fill_reply(kind: str, result: Any, body: Any, res: str) -> None:
+    """Write the handler's return value into the reply ``body``, with status OK.
+
+    Tensors go straight into the reply (each copied into protobuf once): with models of
+    millions of parameters, every extra copy shows in the edge client's peak memory.
+    """
+    body.status.code, body.status.message = Code.OK, "Success"  # the text flwr's NumPyClient sends
     if kind == "get_properties_ins":
-        return {"status": ok, "properties": scalars_to_proto(result, f"{res}.properties")}
-    if kind == "get_parameters_ins":
-        return {"status": ok, "parameters": ndarrays_to_parameters(result, f"{res}.parameters")}
-    if kind == "fit_ins":
+        body.MergeFrom(type(body)(properties=scalars_to_proto(result, f"{res}.properties")))
+    elif kind == "get_parameters_ins":
+        ndarrays_to_parameters(result, f"{res}.parameters", out=body.parameters)
+    elif kind == "fit_ins":
         arrays, num_examples, metrics = _unpack(result, "fit", "(parameters, num_examples, metrics)")
-        return {
-            "status": ok,
-            "parameters": ndarrays_to_parameters(arrays, f"{res}.parameters"),
-            "num_examples": _count(num_examples, f"{res}.num_examples"),
-            "metrics": scalars_to_proto(metrics, f"{res}.metrics"),
-        }
-    loss, num_examples, metrics = _unpack(result, "evaluate", "(loss, num_examples, metrics)")
-    if not isinstance(loss, numbers.Real) or isinstance(loss, bool):  # float, int, NumPy floats
-        raise HandlerError(f"{res}.loss: expected a float, got {type(loss).__name__}")
-    return {
-        "status": ok,
-        "loss": float(loss),
-        "num_examples": _count(num_examples, f"{res}.num_examples"),
-        "metrics": scalars_to_proto(metrics, f"{res}.metrics"),
-    }
+        ndarrays_to_parameters(arrays, f"{res}.parameters", out=body.parameters)
+        body.num_examples = _count(num_examples, f"{res}.num_examples")
+        body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
+    else:
+        loss, num_examples, metrics = _unpack(result, "evaluate", "(loss, num_examples, metrics)")
+        if not isinstance(loss, numbers.Real) or isinstance(loss, bool):  # float, int, NumPy floats
+            raise HandlerError(f"{res}.loss: expected a float, got {type(loss).__name__}")
+        body.loss = float(loss)
+        body.num_examples = _count(num_examples, f"{res}.num_examples")
+        body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
 
 
 def _unpack(result: Any, method: str, shape: str) -> tuple[Any, Any, Any]:
