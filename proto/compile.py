@@ -6,7 +6,7 @@ protoc writes its output under the proto's own path (flwr/proto/...), which must
 "flwr/proto/transport.proto" so the descriptor is byte-identical to flwr's. We compile into
 a scratch directory and copy the two generated files (module + type stub) to DEST_DIR
 unchanged. No gRPC service stub is generated: every fedproto endpoint exchanges raw bytes
-and decodes them itself (see README, "Generated code").
+and decodes them itself (see README, "The contract and the codec").
 """
 
 import shutil
