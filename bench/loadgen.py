@@ -171,7 +171,7 @@ def run_loadgen(server: str, clients: int, *, processes: int = 1, streams_per_ch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.loadgen",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  python -m bench.loadgen --server 127.0.0.1:8080 --clients 20\n"

@@ -113,7 +113,7 @@ RUNNERS = {"ours": run_ours, "flwr": run_flwr}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.servers",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  python -m bench.servers ours --address 127.0.0.1:8080 --clients 100 "
                "--rounds 2 --report ours.json",
