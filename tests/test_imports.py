@@ -24,6 +24,10 @@ MODULES = [
     "client.app",
     "client.cli",
     "client.demo",
+    "server",
+    "server.cli",
+    "kit.trace",
+    "kit.conformance",
 ]
 
 # Top-level packages that must stay out: TensorFlow (and its Keras) belong to the HAR model
