@@ -31,6 +31,7 @@ JOINED     fit_ins                      fit_res                          JOINED
 JOINED     evaluate_ins                 evaluate_res                     JOINED
 JOINED     reconnect_ins, seconds > 0   disconnect_res(RECONNECT)        RECONNECT
 JOINED     reconnect_ins, seconds = 0   disconnect_res(ACK)              DONE
+JOINED     invalid input (invariant 5)  ProtocolError (end the stream)   JOINED
 RECONNECT  anything                     ProtocolError (stream is over)   RECONNECT
 DONE       anything                     ProtocolError (stream is over)   DONE
 =========  ===========================  ===============================  ==========
