@@ -32,7 +32,7 @@ from fedproto.codec import (
     scalars_to_proto,
 )
 from fedproto.dispatch import ClientSession
-from fedproto.transport_pb2 import ClientMessage, Parameters, Reason, Scalar, ServerMessage
+from fedproto.transport_pb2 import Parameters, Reason, Scalar, ServerMessage
 
 # Every Scalar kind, and the int boundaries where sint64 turns into uint64.
 CONFIG = {
