@@ -33,7 +33,7 @@ log = logging.getLogger("fedproto.client")
 
 EXIT_DONE = 0  # the server ended the session (ReconnectIns with seconds = 0)
 EXIT_PROTOCOL_ERROR = 1  # the server sent something that is not a valid instruction
-EXIT_UNREACHABLE = 3  # no stream could be opened after all retries
+EXIT_UNREACHABLE = 3  # retries used up without a working stream (server down, messages too big...)
 EXIT_TLS_ERROR = 4  # the TLS handshake failed (wrong CA, not a TLS server...)
 
 # Once our DisconnectRes is sent, how long the server gets to take it before we end the call.

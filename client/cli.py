@@ -23,14 +23,22 @@ A missing method is answered with its *_NOT_IMPLEMENTED status; an exception ins
 logged and answered with a non-OK status, so the server counts a failure and we stay joined.
 
 examples:
-  # against flwr.server.start_server(server_address="0.0.0.0:8080", ...)
-  fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client
-  # TLS, with the CA that signed the server's certificate
+  # two clients next to flwr's own server (python examples/flwr_server.py --address 127.0.0.1:8080 ...)
+  DEMO_PARTITION=0 fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client
+  DEMO_PARTITION=1 python -m client --server 127.0.0.1:8080 --app client.demo:make_client
+  # TLS: trust the CA that signed the server's certificate
   fedproto-client --server example.org:8443 --root-certificates ca.pem --app my_app:MyClient
 
-exit codes: 0 server ended the session, 1 protocol error, 2 usage error,
-            3 server unreachable after all retries, 4 TLS handshake failed
+exit codes:
+  0  the server ended the session (ReconnectIns with seconds = 0)
+  1  the server sent something that is not a valid instruction
+  2  usage error (bad option, --app cannot be loaded, PEM file unreadable)
+  3  retries used up without a working stream (server down, wrong port, message too big)
+  4  TLS handshake failed (wrong CA, name not in the server's certificate, not a TLS server)
 """
+
+
+HANDLER_METHODS = ("get_properties", "get_parameters", "fit", "evaluate")
 
 
 def load_handler(spec: str) -> Any:
@@ -41,6 +49,8 @@ def load_handler(spec: str) -> Any:
     target = getattr(importlib.import_module(module_name), attr)
     if inspect.isclass(target) or inspect.isfunction(target):
         target = target()
+    if not any(callable(getattr(target, name, None)) for name in HANDLER_METHODS):
+        raise ValueError(f"{attr} is not a handler ({type(target).__name__} has none of {', '.join(HANDLER_METHODS)})")
     return target
 
 
@@ -90,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-message-length", type=positive_int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
                         help="largest message sent or accepted (default: %(default)s, flwr's 512 MiB)")
     parser.add_argument("--retries", type=positive_int, default=Retry.attempts, metavar="N",
-                        help="failed joins in a row before giving up (default: %(default)s)")
+                        help="joins in a row that fail before the server's first message, then exit 3 (default: %(default)s)")
     parser.add_argument("--retry-delay", type=non_negative_float, default=Retry.first_delay, metavar="SECONDS",
                         help="first backoff delay, doubled each failure up to 30 s (default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -101,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        handler = load_handler(args.app)
-    except (ImportError, AttributeError, ValueError, TypeError) as error:
-        print(f"fedproto-client: cannot load --app {args.app}: {error}", file=sys.stderr)
-        return 2
-    try:
         root_certificates = args.root_certificates.read_bytes() if args.root_certificates else None
     except OSError as error:
         print(f"fedproto-client: cannot read --root-certificates: {error}", file=sys.stderr)
+        return 2
+    try:
+        handler = load_handler(args.app)
+    except Exception as error:  # the user's module or factory: any failure is a usage error
+        print(f"fedproto-client: cannot load --app {args.app}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     try:
         return run_client(

@@ -39,14 +39,24 @@ def test_bad_numbers_are_usage_errors(option, value, capsys):
 
 
 @pytest.mark.parametrize("app, complaint", [
-    ("client.demo", "--app must look like MODULE:ATTR, got 'client.demo'"),
-    ("client.nosuchmodule:make_client", "No module named 'client.nosuchmodule'"),
-    ("client.demo:no_such_factory", "has no attribute 'no_such_factory'"),
+    ("client.demo", "ValueError: --app must look like MODULE:ATTR, got 'client.demo'"),
+    ("client.nosuchmodule:make_client", "ModuleNotFoundError: No module named 'client.nosuchmodule'"),
+    ("client.demo:no_such_factory", "AttributeError: module 'client.demo' has no attribute 'no_such_factory'"),
+    ("client.demo:FEATURES", "ValueError: FEATURES is not a handler (int has none of get_properties, "
+                             "get_parameters, fit, evaluate)"),
+    ("client.demo:SoftmaxClient.fit", "AttributeError: module 'client.demo' has no attribute 'SoftmaxClient.fit'"),
 ])
 def test_unloadable_app_is_a_usage_error(app, complaint, capsys):
     assert main(["--server", "127.0.0.1:8080", "--app", app]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"fedproto-client: cannot load --app {app}: ") and complaint in err
+    assert capsys.readouterr().err == f"fedproto-client: cannot load --app {app}: {complaint}\n"
+
+
+def test_unreadable_root_certificates_is_a_usage_error(tmp_path, capsys):
+    missing = tmp_path / "missing.pem"
+    assert main(["--server", "127.0.0.1:8080", "--app", "client.demo:make_client",
+                 "--root-certificates", str(missing)]) == 2
+    assert capsys.readouterr().err == (
+        f"fedproto-client: cannot read --root-certificates: [Errno 2] No such file or directory: '{missing}'\n")
 
 
 def test_usage_error_exit_code_of_the_real_process(spawn):

@@ -12,6 +12,8 @@ import ast
 import datetime
 import json
 import re
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,19 @@ def start_flwr_server(spawn, tmp_path, *options: str, rounds: int = 3, min_clien
         "--history", str(run.history_path), "--record-dir", str(run.record_dir), *options,
     )
     return run
+
+
+def wait_until_listening(run: FlwrRun, timeout: float = TIMEOUT) -> None:
+    """For tests that must not spend client retries on the server's start-up."""
+    host, _, port = run.address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline and run.server.popen.poll() is None, run.server.log()[-4000:]
+            time.sleep(0.1)
 
 
 def handler_env(client: int, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -254,3 +269,19 @@ def test_tls_with_the_right_ca_trains_and_the_wrong_ca_exits_4(spawn, tmp_path, 
     assert_exits_zero(right)
     assert history["failures"] == {"1": []}
     assert per_client(history, "metrics_distributed_fit", 1) == [(handlers.fit_examples(0), handlers.fit_metrics(0, 1))]
+
+
+def test_max_message_length_refuses_bigger_instructions(spawn, tmp_path):
+    # FitIns and EvaluateIns with interop_handlers' two tensors are 343 bytes; allow 300.
+    run = start_flwr_server(spawn, tmp_path, "--initial-zeros", "[[3, 2], [4]]", rounds=1, min_clients=1)
+    wait_until_listening(run)
+    client = start_edge_client(spawn, run, tmp_path, 0, "--max-message-length", "300", "--retries", "2")
+    history = run.history()
+    assert client.wait(TIMEOUT) == 3
+
+    assert history["failures"] == {"1": ["GrpcBridgeClosed: "]}  # flwr saw the stream end during fit
+    reason = "RESOURCE_EXHAUSTED: Stream removed (CLIENT: Received message larger than max (343 vs. 300))"
+    lines = client.log().splitlines()
+    assert len(lines) == 2, lines  # FitIns refused, rejoined, EvaluateIns refused, gave up
+    assert lines[0].endswith(f"WARNING fedproto.client: stream to {run.address} ended: {reason}; joining again in 0.2 s")
+    assert lines[1].endswith(f"ERROR fedproto.client: giving up on {run.address} after 2 attempts: {reason}")
