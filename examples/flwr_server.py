@@ -8,7 +8,9 @@ This is the "real thing" our edge client is tested against. flwr is a test depen
 Optional behaviours exercise the less common instructions of the protocol:
   --ask-properties           send GetPropertiesIns to every client before round 1
   --reconnect-after-round N  after fitting round N, send ReconnectIns(seconds=S) to every
-                             client (S = --reconnect-seconds) and wait for them to rejoin
+                             client (S = --reconnect-seconds); flwr's client manager then
+                             waits for them to rejoin before the round's evaluation
+  --per-client-metrics       keep each client's metrics in History, not only the averages
 
 The History JSON holds flwr's distributed losses and metrics, the failures FedAvg saw in
 each fit round, and what the optional behaviours got back ("properties", "reconnects").
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +31,8 @@ from flwr.server.server import reconnect_clients
 from flwr.server.strategy import FedAvg
 
 
-def weighted(metrics):
-    """Example-weighted mean of every numeric metric, plus each client's metrics verbatim.
+def weighted(metrics, per_client=False):
+    """Example-weighted mean of every numeric metric; with per_client, each client's metrics too.
 
     History holds Scalars only, so the per-client metrics travel as one JSON string of
     [num_examples, {key: repr(value)}] pairs; repr keeps the kind (True vs 1, b'a' vs 'a').
@@ -39,8 +42,9 @@ def weighted(metrics):
         values = [(n, m[key]) for n, m in metrics if key in m]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v in values):
             out[key] = sum(n * v for n, v in values) / sum(n for n, _ in values)
-    clients = [[n, {k: repr(v) for k, v in sorted(m.items())}] for n, m in metrics]
-    out["per_client"] = json.dumps(sorted(clients, key=json.dumps))
+    if per_client:
+        clients = [[n, {k: repr(v) for k, v in sorted(m.items())}] for n, m in metrics]
+        out["per_client"] = json.dumps(sorted(clients, key=json.dumps))
     return out
 
 
@@ -120,9 +124,10 @@ class InstructingServer(Server):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--min-clients", type=int, default=2)
+    parser.add_argument("--address", required=True, metavar="HOST:PORT", help="where flwr's server listens")
+    parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds (default: %(default)s)")
+    parser.add_argument("--min-clients", type=int, default=2,
+                        help="clients FedAvg waits for, fits and evaluates each round (default: %(default)s)")
     parser.add_argument("--history", type=Path, required=True, help="write History + failures here (JSON)")
     parser.add_argument("--record-dir", type=Path, help="save aggregated parameters per round (.npz)")
     parser.add_argument("--config-json", default="{}", help="FitIns/EvaluateIns config, as JSON")
@@ -130,8 +135,11 @@ def main() -> None:
                         help="a bytes config value (JSON has no bytes), hex-encoded")
     parser.add_argument("--initial-zeros", metavar="SHAPES_JSON",
                         help="start from zero tensors of these shapes instead of asking a client")
-    parser.add_argument("--certificates", nargs=3, type=Path, metavar=("CA", "CERT", "KEY"))
-    parser.add_argument("--round-timeout", type=float)
+    parser.add_argument("--certificates", nargs=3, type=Path, metavar=("CA", "CERT", "KEY"),
+                        help="enable TLS: CA certificate, server certificate and key (PEM)")
+    parser.add_argument("--round-timeout", type=float, metavar="SECONDS", help="flwr's round_timeout")
+    parser.add_argument("--per-client-metrics", action="store_true",
+                        help="keep every client's fit/evaluate metrics in History, as 'per_client'")
     parser.add_argument("--ask-properties", action="store_true",
                         help="send GetPropertiesIns to every client before round 1")
     parser.add_argument("--reconnect-after-round", type=int, metavar="N",
@@ -159,8 +167,8 @@ def main() -> None:
         on_fit_config_fn=lambda rnd: {**config, "server_round": rnd},
         on_evaluate_config_fn=lambda rnd: {**config, "server_round": rnd},
         initial_parameters=initial,
-        fit_metrics_aggregation_fn=weighted,
-        evaluate_metrics_aggregation_fn=weighted,
+        fit_metrics_aggregation_fn=partial(weighted, per_client=args.per_client_metrics),
+        evaluate_metrics_aggregation_fn=partial(weighted, per_client=args.per_client_metrics),
     )
     server = InstructingServer(
         strategy=strategy,

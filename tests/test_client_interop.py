@@ -54,7 +54,7 @@ def start_flwr_server(spawn, tmp_path, *options: str, rounds: int = 3, min_clien
     run.server = spawn(
         "flwr_server", "examples/flwr_server.py", "--address", f"127.0.0.1:{port}",
         "--rounds", str(rounds), "--min-clients", str(min_clients),
-        "--history", str(run.history_path), "--record-dir", str(run.record_dir), *options,
+        "--history", str(run.history_path), "--record-dir", str(run.record_dir), "--per-client-metrics", *options,
     )
     return run
 
