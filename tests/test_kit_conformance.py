@@ -101,11 +101,14 @@ def test_our_edge_client_with_the_demo_handler_passes_every_check(spawn):
 def test_flwr_client_passes_all_but_the_disconnect_replies_it_never_sends(spawn):
     code, rows, runner = run_conformance(spawn, lambda address: spawn("flwr_client", "-c", FLWR_CLIENT, address))
     assert code == 1
-    # flwr's client queues DisconnectRes and closes its channel at once: the reply never
-    # leaves, the server only sees the stream end (docs/PROTOCOL.md, "ReconnectIns").
-    assert failing(rows) == {9, 13}, runner.log()
-    for row in (9, 13):
-        assert rows[row][1] == "client closed the stream without sending disconnect_res"
+    # flwr's client queues DisconnectRes and closes its channel at once, which in practice
+    # loses the reply: the server sees the stream end. Were it delivered, its reason would be
+    # RECONNECT for seconds=0 too (flwr's _reconnect). Either way only rows 9 and 13 differ
+    # (docs/PROTOCOL.md, "ReconnectIns").
+    lost = "client closed the stream without sending disconnect_res"
+    assert failing(rows) <= {9, 13} and 13 in failing(rows), runner.log()
+    assert rows[9] == ("FAIL", lost) or rows[9][1].startswith("DisconnectRes(reason=RECONNECT)")
+    assert rows[13] in (("FAIL", lost), ("FAIL", "reason RECONNECT, expected ACK"))
     assert rows[11][0] == "PASS"  # it did pause and come back
     assert rows[2][1].startswith("declined: GET_PROPERTIES_NOT_IMPLEMENTED")  # NumPyClient without it
     assert rows[4][1].startswith("OK, 2 tensors float32(3, 2), float32(2,), num_examples=10, metrics {config_keys=6}")
