@@ -25,6 +25,8 @@ class Echo(NumPyClient):
     def get_parameters(self, config):
         return [np.ones((3, 2), np.float32), np.zeros(2, np.float32)]
     def fit(self, parameters, config):
+        if sys.argv[2:] == ["raise"]:
+            raise RuntimeError("training crashed")
         return parameters, 10, {"config_keys": len(config)}
     def evaluate(self, parameters, config):
         return 0.5, 10, {}
@@ -112,6 +114,17 @@ def test_flwr_client_passes_all_but_the_disconnect_replies_it_never_sends(spawn)
     assert rows[11][0] == "PASS"  # it did pause and come back
     assert rows[2][1].startswith("declined: GET_PROPERTIES_NOT_IMPLEMENTED")  # NumPyClient without it
     assert rows[4][1].startswith("OK, 2 tensors float32(3, 2), float32(2,), num_examples=10, metrics {config_keys=6}")
+
+
+def test_flwr_client_whose_handler_raises_leaves_instead_of_reporting_a_status(spawn):
+    code, rows, runner = run_conformance(spawn, lambda address: spawn(
+        "flwr_client", "-c", FLWR_CLIENT, address, "raise"))
+    assert code == 1
+    # flwr's grpc-bidi client re-raises the handler's exception and the process dies; ours
+    # answers FIT_NOT_IMPLEMENTED and stays (see WrongShapesClient's evaluate below).
+    assert failing(rows) == set(range(4, 16)), runner.log()
+    assert re.fullmatch(r"client (closed|cancelled) the stream instead of replying", rows[4][1])
+    assert all(rows[n][1].startswith("not run") for n in range(5, 16))
 
 
 @pytest.mark.parametrize("handler, expected", [

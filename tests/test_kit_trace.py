@@ -110,7 +110,11 @@ def test_flwr_server_and_flwr_clients_train_identically_through_the_relay(spawn,
     assert len(replies) == 2 * ROUNDS
     assert all(r["status"]["code"] == "OK" and r["num_examples"] == 400 and r["rtt_ms"] > 0
                and r["reply_to"] == "fit_ins" for r in replies)
-    # flwr's server ends the session with ReconnectIns, seconds unset (0), to each client.
+    # Each client's session as flwr's server runs it (initial parameters given, so no
+    # GetParametersIns): Fit then Evaluate per round, then ReconnectIns with seconds unset (0).
+    for stream in (1, 2):
+        instructions = [r["oneof"] for r in messages if r["stream"] == stream and r["direction"] == "server_to_client"]
+        assert instructions == ["fit_ins", "evaluate_ins"] * ROUNDS + ["reconnect_ins"]
     assert [r["seconds"] for r in messages if r["oneof"] == "reconnect_ins"] == [0, 0]
 
 
