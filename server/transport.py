@@ -122,6 +122,9 @@ class ClientProxy:
                 if outgoing.last:
                     self._end("server ended the session", FailureKind.STREAM_CLOSED)
                     return
+        except asyncio.CancelledError:  # how grpc.aio reports a vanished client (or a stop)
+            self._end("stream cancelled (client disconnected or server stopping)", FailureKind.STREAM_CLOSED)
+            raise
         finally:
             self._end("stream ended", FailureKind.STREAM_CLOSED)
 
