@@ -13,13 +13,15 @@ import grpc
 import numpy as np
 import pytest
 from flwr.client import start_client
+from flwr import common as flwr_common
 from flwr.common import GRPC_MAX_MESSAGE_LENGTH, serde
 from flwr.proto import transport_pb2 as flwr_pb2
 from flwr.server import start_server
 from flwr.server.strategy.aggregate import aggregate_inplace
 from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
-from fedproto.codec import scalar_to_proto
+from fedproto.codec import CodecError, bytes_to_ndarray, ndarray_to_bytes, scalar_from_proto, scalar_to_proto
+from fedproto.transport_pb2 import Scalar
 from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH, message_size_options
 from kit.make_vectors import DEFAULT_DIR, MANIFEST, tensor_from_json
 
@@ -211,3 +213,20 @@ def test_flwr_fedavg_cannot_aggregate_a_reply_of_the_wrong_kind():
     wrong = serde.fit_res_from_proto(flwr_pb2.ClientMessage.FromString(_vector("client_evaluate_res")).fit_res)
     with pytest.raises(ValueError, match="zip\\(\\) argument 2 is shorter than argument 1"):
         aggregate_inplace([(None, good), (None, wrong)])
+
+
+def test_a_fortran_ordered_array_is_written_with_fortran_order_true_and_read_back_by_both():
+    transposed = np.arange(6, dtype="<f4").reshape(2, 3).T  # Fortran-contiguous, shape (3, 2)
+    data = ndarray_to_bytes(transposed)
+    assert b"'fortran_order': True, 'shape': (3, 2)" in data
+    # Memory order is column-major: 0, 1, 2 are the first column of the (2, 3) original.
+    assert data[128:140] == np.array([0, 1, 2], "<f4").tobytes()
+    assert np.array_equal(bytes_to_ndarray(data), transposed)
+    assert np.array_equal(flwr_common.bytes_to_ndarray(data), transposed)
+
+
+def test_a_scalar_without_a_kind_is_a_named_error_in_fedproto_and_a_type_error_in_flwr():
+    with pytest.raises(CodecError, match="Scalar has no value set"):
+        scalar_from_proto(Scalar())
+    with pytest.raises(TypeError, match="attribute name must be string"):
+        serde.scalar_from_proto(flwr_pb2.Scalar())
