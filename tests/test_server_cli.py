@@ -1,0 +1,92 @@
+"""fedproto-server's command line and the in-process Python API (run_server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from client.demo import SoftmaxClient
+from conftest import ROOT, free_port
+from server import FedAvg, ServerResult, run_server
+
+
+def wait_for_log(proc, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log():
+        assert proc.popen.poll() is None, f"{proc.name} exited early:\n{proc.log()}"
+        assert time.monotonic() < deadline, f"{text!r} not in {proc.name}'s log:\n{proc.log()}"
+        time.sleep(0.05)
+
+
+def test_help_teaches_with_examples_and_exit_codes():
+    run = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0
+    for text in ("examples:", "fedproto-server --address 0.0.0.0:8080 --rounds 3 --min-clients 2",
+                 "--checkpoint-dir ckpt/ --resume", "--certificates CA CERT KEY", "exit codes:"):
+        assert text in run.stdout
+
+
+def test_resume_needs_a_checkpoint_dir():
+    run = subprocess.run([sys.executable, "-m", "server", "--resume"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and "--resume needs --checkpoint-dir" in run.stderr
+
+
+def test_a_second_server_on_a_busy_port_fails_loudly_and_the_first_keeps_serving(spawn, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    first = spawn("first", "-m", "server", "--address", address, "--rounds", "1", "--min-clients", "1")
+    wait_for_log(first, "listening on")
+    second = spawn("second", "-m", "server", "--address", address, "--rounds", "1", "--min-clients", "1")
+    assert second.wait(30) == 4
+    assert f"cannot listen on {address}" in second.log()
+    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    assert first.wait(30) == 0, first.log()
+    assert client.wait(30) == 0
+    assert "round 1/1: fit 1 ok 0 failed | evaluate 1 ok 0 failed" in first.log()
+
+
+def test_wait_timeout_gives_up_with_exit_3(spawn):
+    server = spawn("server", "-m", "server", "--address", f"127.0.0.1:{free_port()}",
+                   "--min-clients", "2", "--wait-timeout", "0.5")
+    assert server.wait(30) == 3
+    assert "0 of the 2 required clients connected within 0.5 s" in server.log()
+
+
+def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn):
+    address = f"127.0.0.1:{free_port()}"
+    reference = SoftmaxClient(partition=0)
+    evaluated: list[int] = []
+
+    def evaluate_fn(server_round, parameters, config):
+        evaluated.append(server_round)
+        loss, _, metrics = reference.evaluate(parameters, config)
+        return loss, metrics
+
+    strategy = FedAvg(min_fit_clients=1, min_evaluate_clients=1, min_available_clients=1,
+                      fraction_evaluate=0.0, evaluate_fn=evaluate_fn,
+                      on_fit_config_fn=lambda server_round: {"lr": 0.1, "local_epochs": server_round},
+                      initial_parameters=reference.get_parameters({}))
+    outcome: list[ServerResult] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        run_server(address=address, strategy=strategy, rounds=2, wait_timeout=30)))
+    thread.start()
+    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    thread.join(60)
+    assert not thread.is_alive() and client.wait(30) == 0
+    (result,) = outcome
+
+    expected = reference.get_parameters({})
+    for server_round in (1, 2):
+        expected = reference.fit(expected, {"lr": 0.1, "local_epochs": server_round})[0]
+    for mine, theirs in zip(result.parameters, expected, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
+    assert evaluated == [0, 1, 2]
+    assert [r for r, _ in result.history.losses_centralized] == [0, 1, 2]
+    assert result.history.losses_centralized[2][1] == reference.evaluate(expected, {})[0]
+    assert result.history.losses_distributed == []  # fraction_evaluate=0: no client evaluation
+    assert [(r.fit_ok, r.evaluate_ok) for r in result.history.rounds] == [(1, 0), (1, 0)]

@@ -1,0 +1,139 @@
+"""The server's pieces on their own: FedAvg's arithmetic against flwr's, sampling, waiting for
+clients, History JSON, checkpoint files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from flwr.common import FitRes, Status, Code, ndarrays_to_parameters
+from flwr.server.strategy.aggregate import aggregate, aggregate_inplace
+
+from server import checkpoint
+from server.client_manager import ClientManager
+from server.history import History, RoundRecord
+from server.messages import Failure, FailureKind, FitRes as OurFitRes
+from server.strategy import FedAvg, weighted_average, weighted_metrics_average
+
+
+@dataclass
+class FakeClient:
+    cid: str
+
+
+def random_results(seed: int):
+    rng = np.random.default_rng(seed)
+    return [([rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=5)], int(n))
+            for n in (13, 400, 1, 77)]
+
+
+def test_weighted_average_matches_flwrs_fedavg_and_keeps_dtypes():
+    results = random_results(0)
+    ours = weighted_average(results)
+    exact = aggregate(results)  # flwr's FedAvg(inplace=False)
+    in_place = aggregate_inplace([
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {})) for arrays, n in results])
+    assert [a.dtype for a in ours] == [np.float32, np.float64]
+    for mine, theirs, theirs_in_place in zip(ours, exact, in_place, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(mine, theirs_in_place, rtol=0, atol=1e-6)
+
+
+def test_weighted_average_accumulates_in_float64():
+    # 2 * 40000 overflows float16 (max 65504); the mean, 40000, is exactly representable.
+    results = [([np.full(3, 40000, np.float16)], 1), ([np.full(3, 40000, np.float16)], 1)]
+    (mean,) = weighted_average(results)
+    assert mean.dtype == np.float16 and mean.tolist() == [40000.0] * 3
+    assert np.isinf(aggregate(results)[0]).all()  # flwr's sums in float16
+
+
+def test_integer_tensors_are_rounded_to_the_nearest_integer():
+    (mean,) = weighted_average([([np.array([1, 2], np.int64)], 1), ([np.array([2, 2], np.int64)], 2)])
+    assert mean.dtype == np.int64 and mean.tolist() == [2, 2]  # 5/3 -> 2, 6/3 -> 2
+
+
+def test_fedavg_aggregate_fit_weights_by_examples_and_honours_accept_failures():
+    failure = Failure("c9", FailureKind.TIMEOUT, "no reply within 1 s")
+    results = [(FakeClient("a"), OurFitRes([np.array([0.0])], 1, {"acc": 0.5})),
+               (FakeClient("b"), OurFitRes([np.array([4.0])], 3, {"acc": 1.0}))]
+    strategy = FedAvg(fit_metrics_aggregation_fn=weighted_metrics_average)
+    parameters, metrics = strategy.aggregate_fit(1, results, [failure])
+    assert parameters[0].tolist() == [3.0] and metrics == {"acc": 0.875}
+    assert FedAvg(accept_failures=False).aggregate_fit(1, results, [failure]) == (None, {})
+    assert FedAvg().aggregate_fit(1, [], []) == (None, {})
+
+
+def test_fedavg_samples_like_flwr_and_skips_when_too_few_clients():
+    manager = ClientManager(seed=1)
+    for index in range(10):
+        manager.register(FakeClient(f"c{index}"))
+    strategy = FedAvg(fraction_fit=0.35, min_fit_clients=2, min_available_clients=4)
+    instructions = strategy.configure_fit(1, [np.zeros(2)], manager)
+    assert len(instructions) == 3 == len({client.cid for client, _ in instructions})  # int(10 * 0.35)
+    assert len({id(ins) for _, ins in instructions}) == 1  # one FitIns shared: encoded once
+    assert FedAvg(fraction_evaluate=0.0).configure_evaluate(1, [], manager) == []
+    assert FedAvg(min_available_clients=11).configure_fit(1, [], manager) == []
+    assert manager.sample(3, criterion=lambda client: client.cid in {"c1", "c2"}) == []
+
+
+def test_client_manager_wait_for_and_unregister():
+    async def scenario():
+        manager = ClientManager()
+        assert await manager.wait_for(1, timeout=0.05) is False
+        waiting = asyncio.ensure_future(manager.wait_for(2, timeout=5))
+        manager.register(FakeClient("a"))
+        assert manager.register(FakeClient("a")) is False  # same id twice
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        manager.register(FakeClient("b"))
+        assert await waiting is True
+        manager.unregister(FakeClient("a"))
+        manager.unregister(FakeClient("a"))  # idempotent
+        return manager.num_available(), sorted(manager.all())
+
+    assert asyncio.run(scenario()) == (1, ["b"])
+
+
+def sample_history() -> History:
+    history = History()
+    history.add_loss_distributed(1, 0.5)
+    history.add_loss_centralized(0, 2.25)
+    history.add_metrics_distributed_fit(1, {"digest": b"\x00\xff", "n": 3, "ok": True, "name": "x"})
+    history.add_metrics_distributed(1, {"accuracy": 0.75})
+    history.add_metrics_centralized(0, {"accuracy": 0.25})
+    history.rounds.append(RoundRecord(1, fit_ok=2, evaluate_ok=3, seconds=0.125, fit_failures=[
+        Failure("abc", FailureKind.BAD_TENSOR, "FitRes.parameters.tensors[0]: object arrays are not accepted")]))
+    return history
+
+
+def test_history_json_round_trip_is_exact():
+    history = sample_history()
+    again = History.from_json(history.to_json())
+    assert again == history
+    assert again.metrics_distributed_fit["digest"] == [(1, b"\x00\xff")]
+    assert again.round(1).fit_failures[0].kind is FailureKind.BAD_TENSOR
+    with pytest.raises(KeyError, match="no round 2"):
+        again.round(2)
+
+
+def test_checkpoint_round_trip_and_named_errors(tmp_path):
+    assert checkpoint.load(tmp_path) is None
+    parameters = [np.arange(6, dtype=np.int32).reshape(2, 3), np.ones(2, np.float16)]
+    history = sample_history()
+    checkpoint.save(tmp_path, 1, parameters, history)
+    history.rounds.append(RoundRecord(2))
+    checkpoint.save(tmp_path, 2, parameters, history)
+    assert sorted(os.listdir(tmp_path)) == ["history.json", "parameters-round-0002.npz"]
+    loaded, loaded_history = checkpoint.load(tmp_path)
+    assert loaded_history == history and loaded_history.last_round == 2
+    assert [(a.dtype, a.tolist()) for a in loaded] == [(a.dtype, a.tolist()) for a in parameters]
+
+    (tmp_path / "parameters-round-0002.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(checkpoint.CheckpointError, match="not a parameters archive"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "parameters-round-0002.npz").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="parameters-round-0002.npz is missing"):
+        checkpoint.load(tmp_path)
