@@ -128,9 +128,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         root = out / "synthetic-motionsense"
         log.info("data: generating the SYNTHETIC MotionSense stand-in in %s (pass --data for the real one)", root)
         synthetic.generate(root)
-        source = "synthetic"
+        source = "synthetic data"
     else:
-        root, source = args.data, "motionsense"
+        root, source = args.data, f"data from {args.data}"
     log.info("data: reading %s", root)
     prepared = data.prepare(root, clients=settings.clients, window=settings.window, step=settings.step)
     log.info("data: %d subjects, %d train / %d test windows, %d features; clients get subjects %s",
@@ -157,7 +157,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     federated_seconds = time.perf_counter() - clock
 
     data_summary = {
-        "source": source, "path": str(root), "subjects": len(prepared.subjects_info),
+        "synthetic": args.data is None, "path": None if args.data is None else str(args.data),
+        "subjects": len(prepared.subjects_info),
         "train_windows": len(prepared.train), "test_windows": len(prepared.test),
         "features": int(prepared.train.x.shape[1]), "test_trials": sorted({int(t) for t in prepared.test.trial}),
         "client_subjects": [[int(s) for s in group] for group in prepared.client_subjects],
@@ -168,10 +169,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         report.write_json(document, out),
         report.plot_accuracy(outcome, central, local, out),
         report.plot_confusion(outcome.final.scores, out,
-                              f"federated model after {settings.rounds} rounds ({source} data, test set)"),
+                              f"federated model after {settings.rounds} rounds ({source}, test set)"),
     ]
     print()
-    print(f"HAR results ({source} data, {len(prepared.test)} test windows, same budget: "
+    print(f"HAR results ({source}, {len(prepared.test)} test windows, same budget: "
           f"{settings.epochs} epochs per paradigm)")
     print(report.table(central, local, prepared.client_subjects, outcome, settings.epochs))
     final = outcome.final.scores

@@ -197,6 +197,16 @@ def _serve_with_flwr(address, settings, start, evaluate_fn, fit_config, evaluate
     from flwr.common import ndarrays_to_parameters
     from flwr.server import ServerConfig, start_server
     from flwr.server.strategy import FedAvg
+    from flwr.server.superlink.fleet.grpc_bidi.grpc_bridge import GrpcBridgeClosed
+
+    logging.getLogger("flwr").propagate = False  # flwr prints its own log lines already
+
+    def drop_bridge_closed(record: logging.LogRecord) -> bool:
+        # flwr's Join servicer raises GrpcBridgeClosed when a client leaves after its
+        # DisconnectRes; grpc logs that as an error with a traceback, once per client.
+        return not (record.exc_info and isinstance(record.exc_info[1], GrpcBridgeClosed))
+
+    logging.getLogger("grpc._server").addFilter(drop_bridge_closed)
 
     strategy = _ordered(FedAvg, failures)(
         initial_parameters=ndarrays_to_parameters(start),
