@@ -28,6 +28,7 @@ MODULES = [
     "server.cli",
     "kit.trace",
     "kit.conformance",
+    "kit.make_vectors",
 ]
 
 # Top-level packages that must stay out: TensorFlow (and its Keras) belong to the HAR model
