@@ -25,8 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from fedproto.codec import CodecError, all_finite, ndarrays_to_parameters, parameters_to_ndarrays
-from fedproto.codec import scalars_from_proto, scalars_to_proto
+from fedproto.codec import (
+    CodecError,
+    all_finite,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+    scalars_from_proto,
+    scalars_to_proto,
+)
 from fedproto.transport_pb2 import ClientMessage, Code, ServerMessage
 from server import checkpoint
 from server.client_manager import ClientManager
@@ -81,7 +87,7 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
             checkpoint.save(config.checkpoint_dir, server_round, parameters, history)
         if config.history_path is not None:
             _write_history(config.history_path, history)
-    if config.history_path is not None:
+    if config.history_path is not None:  # also when a resumed run had no round left to run
         _write_history(config.history_path, history)
     log.info("finished %d round(s) in %.2f s", config.rounds, time.perf_counter() - started)
     return ServerResult(history, parameters)
@@ -95,8 +101,12 @@ async def disconnect_all(clients: ClientManager) -> None:
         *(client.request(message, DISCONNECT_TIMEOUT_SECONDS, last=True) for client in connected),
         return_exceptions=True,
     )
-    acknowledged = sum(isinstance(reply, ClientMessage) and reply.HasField("disconnect_res")
-                       for reply in replies)
+    acknowledged = 0
+    for client, reply in zip(connected, replies, strict=True):
+        if isinstance(reply, ClientMessage) and reply.HasField("disconnect_res"):
+            acknowledged += 1
+        else:  # flwr's client, for one, closes its stream without answering
+            log.debug("client %s did not answer ReconnectIns with DisconnectRes: %r", client.cid, reply)
     log.info("sent ReconnectIns(seconds=0) to %d client(s); %d answered DisconnectRes",
              len(connected), acknowledged)
 
@@ -222,19 +232,20 @@ def _encode_ins(field: str, ins: FitIns | EvaluateIns) -> bytes:
     return ServerMessage(**{field: body}).SerializeToString()
 
 
-def _sort_replies(server_round, step, instructions, replies, decode):
+def _sort_replies(server_round: int, step: str, instructions: list, replies: list, decode) -> tuple:
     """Split replies into (client, Res) results and Failures, logging each failure."""
     results, failures = [], []
     for (client, _), reply in zip(instructions, replies, strict=True):
-        try:
-            if isinstance(reply, ReplyError):
-                raise reply
-            results.append((client, decode(reply)))
-        except ReplyError as error:
-            failure = Failure(client.cid, error.kind, error.reason)
-            log.warning("round %d %s: client %s failed: %s: %s",
-                        server_round, step, client.cid, error.kind.value, error.reason)
-            failures.append(failure)
+        error = reply if isinstance(reply, ReplyError) else None
+        if error is None:
+            try:
+                results.append((client, decode(reply)))
+                continue
+            except ReplyError as decode_error:
+                error = decode_error
+        log.warning("round %d %s: client %s failed: %s: %s",
+                    server_round, step, client.cid, error.kind.value, error.reason)
+        failures.append(Failure(client.cid, error.kind, error.reason))
     return results, failures
 
 
