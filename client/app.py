@@ -6,8 +6,9 @@ Read top to bottom, this file is the whole protocol as a client sees it:
 2. The server speaks first. Read a ServerMessage, let the session answer it
    (``fedproto.dispatch``), write the ClientMessage back. Repeat.
 3. The server ends a session with ReconnectIns, which we answer with DisconnectRes:
-   - seconds > 0: "come back later". Close the stream, sleep that long, join again.
-   - seconds = 0: "we are done". Close the stream and exit 0.
+   - seconds > 0: "come back later". End the call, sleep that long, join again.
+   - seconds = 0: "we are done". End the call and exit 0.
+   Ending the call is our job: flwr's server keeps it open until it shuts down.
 4. A stream that breaks (server not up yet, restarted, crashed) is joined again with
    exponential backoff, a bounded number of times, then we give up.
 

@@ -48,11 +48,12 @@ class FlwrRun:
 
 
 def start_flwr_server(spawn, tmp_path, *options: str, rounds: int = 3, min_clients: int = 2,
-                      host: str = "127.0.0.1") -> FlwrRun:
+                      listen: str = "127.0.0.1", host: str = "127.0.0.1") -> FlwrRun:
+    """flwr's server listening on ``listen``; clients will dial ``host`` (a name, for TLS)."""
     port = free_port()
     history_path, record_dir = tmp_path / "history.json", tmp_path / "aggregated"
     server = spawn(
-        "flwr_server", "examples/flwr_server.py", "--address", f"127.0.0.1:{port}",
+        "flwr_server", "examples/flwr_server.py", "--address", f"{listen}:{port}",
         "--rounds", str(rounds), "--min-clients", str(min_clients),
         "--history", str(history_path), "--record-dir", str(record_dir), "--per-client-metrics", *options,
     )
@@ -287,3 +288,12 @@ def test_max_message_length_refuses_bigger_instructions(spawn, tmp_path):
     assert len(lines) == 2, lines  # FitIns refused, rejoined, EvaluateIns refused, gave up
     assert lines[0].endswith(f"WARNING fedproto.client: stream to {run.address} ended: {reason}; joining again in 0.2 s")
     assert lines[1].endswith(f"ERROR fedproto.client: giving up on {run.address} after 2 attempts: {reason}")
+
+
+def test_ipv6_loopback_address_in_brackets(spawn, tmp_path):
+    run = start_flwr_server(spawn, tmp_path, rounds=1, min_clients=1, listen="[::1]", host="[::1]")
+    client = start_edge_client(spawn, run, tmp_path, 0)
+    history = run.history()
+    assert_exits_zero(client)
+    assert history["failures"] == {"1": []}
+    assert f"joined {run.address}" in client.log()
