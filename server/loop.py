@@ -80,8 +80,8 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
         parameters = await _initial_parameters(strategy, clients, config)
         await _evaluate_centralized(strategy, 0, parameters, history)
 
-    started = time.perf_counter()
-    for server_round in range(history.last_round + 1, config.rounds + 1):
+    started, first_round = time.perf_counter(), history.last_round + 1
+    for server_round in range(first_round, config.rounds + 1):
         parameters = await _run_round(strategy, clients, config, server_round, parameters, history)
         if config.checkpoint_dir is not None:
             checkpoint.save(config.checkpoint_dir, server_round, parameters, history)
@@ -89,7 +89,8 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
             _write_history(config.history_path, history)
     if config.history_path is not None:  # also when a resumed run had no round left to run
         _write_history(config.history_path, history)
-    log.info("finished %d round(s) in %.2f s", config.rounds, time.perf_counter() - started)
+    log.info("finished: %d/%d rounds complete, %d run now in %.2f s", history.last_round, config.rounds,
+             max(history.last_round - first_round + 1, 0), time.perf_counter() - started)
     return ServerResult(history, parameters)
 
 

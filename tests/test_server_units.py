@@ -137,3 +137,44 @@ def test_checkpoint_round_trip_and_named_errors(tmp_path):
     (tmp_path / "parameters-round-0002.npz").unlink()
     with pytest.raises(checkpoint.CheckpointError, match="parameters-round-0002.npz is missing"):
         checkpoint.load(tmp_path)
+
+
+class ScriptedClient:
+    """Stands in for a connected client: answers every request with one fixed ClientMessage."""
+
+    def __init__(self, cid: str, reply) -> None:
+        self.cid, self.reply, self.asked = cid, reply, 0
+
+    async def request(self, message: bytes, timeout=None, last=False):
+        self.asked += 1
+        return self.reply
+
+
+def test_initial_parameters_come_from_the_next_client_when_one_fails(caplog):
+    from fedproto.codec import ndarrays_to_parameters as to_parameters
+    from fedproto.transport_pb2 import ClientMessage
+    from server.loop import LoopConfig, _initial_parameters
+
+    refusal = ClientMessage(get_parameters_res={"status": {"code": 2, "message": "not implemented"}})
+    wrong = ClientMessage(fit_res={})
+    good = ClientMessage(get_parameters_res={"status": {"code": 0},
+                                             "parameters": to_parameters([np.arange(3.0)])})
+
+    async def initial(replies):
+        manager = ClientManager()
+        clients = [ScriptedClient(f"c{i}", reply) for i, reply in enumerate(replies)]
+        for client in clients:
+            manager.register(client)
+        strategy = FedAvg(min_available_clients=len(clients))
+        return await _initial_parameters(strategy, manager, LoopConfig(rounds=1)), clients
+
+    parameters, clients = asyncio.run(initial([refusal, wrong, good, refusal]))
+    assert [a.tolist() for a in parameters] == [[0.0, 1.0, 2.0]]
+    assert clients[2].asked == 1 and max(c.asked for c in clients) == 1  # nobody asked twice
+
+    with caplog.at_level("WARNING", logger="fedproto.server"):
+        parameters, clients = asyncio.run(initial([refusal, wrong]))
+    assert parameters == [] and [c.asked for c in clients] == [1, 1]
+    assert "GET_PARAMETERS_NOT_IMPLEMENTED: not implemented" in caplog.text
+    assert "expected get_parameters_res, got fit_res" in caplog.text
+    assert "no client gave initial parameters: starting from empty parameters" in caplog.text
