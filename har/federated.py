@@ -141,7 +141,12 @@ def run_federated(prepared: Prepared, settings: Settings, start: list[np.ndarray
     clients = start_clients(address, partitions, settings, out / "logs")
     try:
         serve = _serve_with_flwr if server_kind == "flwr" else _serve_with_fedproto
-        serve(address, settings, start, evaluate_fn, fit_config, _client_accuracies(client_accuracy), failures)
+        try:
+            serve(address, settings, start, evaluate_fn, fit_config, _client_accuracies(client_accuracy),
+                  failures, clients)
+        except Exception as error:  # the server gave up (e.g. clients never came): say why, with their logs
+            raise FederatedError(f"{server_kind} server stopped: {type(error).__name__}: {error}"
+                                 f"{_exited_clients(clients, out / 'logs')}") from error
         _wait_for_clients(clients, out / "logs")
     finally:
         for process in clients:
@@ -184,7 +189,7 @@ def _strategy_arguments(settings: Settings, evaluate_fn, fit_config, evaluate_me
     )
 
 
-def _serve_with_fedproto(address, settings, start, evaluate_fn, fit_config, evaluate_metrics, failures):
+def _serve_with_fedproto(address, settings, start, evaluate_fn, fit_config, evaluate_metrics, failures, clients):
     from server import FedAvg, run_server
 
     strategy = _ordered(FedAvg, failures)(
@@ -193,9 +198,9 @@ def _serve_with_fedproto(address, settings, start, evaluate_fn, fit_config, eval
                wait_timeout=WAIT_FOR_CLIENTS_SECONDS)
 
 
-def _serve_with_flwr(address, settings, start, evaluate_fn, fit_config, evaluate_metrics, failures):
+def _serve_with_flwr(address, settings, start, evaluate_fn, fit_config, evaluate_metrics, failures, clients):
     from flwr.common import ndarrays_to_parameters
-    from flwr.server import ServerConfig, start_server
+    from flwr.server import ServerConfig, SimpleClientManager, start_server
     from flwr.server.strategy import FedAvg
     from flwr.server.superlink.fleet.grpc_bidi.grpc_bridge import GrpcBridgeClosed
 
@@ -211,7 +216,29 @@ def _serve_with_flwr(address, settings, start, evaluate_fn, fit_config, evaluate
     strategy = _ordered(FedAvg, failures)(
         initial_parameters=ndarrays_to_parameters(start),
         **_strategy_arguments(settings, evaluate_fn, fit_config, evaluate_metrics))
-    start_server(server_address=address, config=ServerConfig(num_rounds=settings.rounds), strategy=strategy)
+
+    class WatchfulClientManager(SimpleClientManager):
+        """flwr waits a day for missing clients; stop waiting when one of ours has died or time is up."""
+
+        def wait_for(self, num_clients: int, timeout: int = WAIT_FOR_CLIENTS_SECONDS) -> bool:
+            deadline = time.monotonic() + min(timeout, WAIT_FOR_CLIENTS_SECONDS)
+            while not super().wait_for(num_clients, timeout=1):
+                if any(process.poll() is not None for process in clients) or time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(self)} of {num_clients} edge clients connected")
+            return True
+
+    start_server(server_address=address, config=ServerConfig(num_rounds=settings.rounds), strategy=strategy,
+                 client_manager=WatchfulClientManager())
+
+
+def _exited_clients(clients: list[subprocess.Popen], log_dir: Path) -> str:
+    """The log tails of the clients that have already exited, for an error message."""
+    parts = []
+    for number, process in enumerate(clients, start=1):
+        if process.poll() is not None:
+            tail = (log_dir / f"client_{number}.log").read_text(errors="replace")[-2000:]
+            parts.append(f"\nedge client {number} exited with code {process.returncode}; its log ends with:\n{tail}")
+    return "".join(parts)
 
 
 def _wait_for_clients(clients: list[subprocess.Popen], log_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from conftest import free_port
@@ -73,3 +74,22 @@ def test_har_end_to_end_with_flwr_server(spawn, small_dataset, tmp_path):
     check_outputs(tmp_path / "out", "flwr")
     assert "Starting Flower server, config: num_rounds=2" in log
     assert "GrpcBridgeClosed" not in log
+
+
+def test_a_client_that_cannot_start_is_reported_with_its_log(small_dataset, tmp_path, monkeypatch):
+    """The server stops waiting and the error carries the client's own explanation."""
+    from har import data, federated
+    from har.metrics import Scores
+    from har.settings import Settings
+
+    monkeypatch.setattr(federated, "CLIENT_APP", "har.client_app:missing_factory")
+    monkeypatch.setattr(federated, "WAIT_FOR_CLIENTS_SECONDS", 3)
+    prepared = data.prepare(small_dataset, clients=2)
+    unscored = Scores(loss=1.0, accuracy=0.0, macro_f1=0.0, confusion=np.zeros((6, 6), np.int64))
+    with pytest.raises(federated.FederatedError) as caught:
+        federated.run_federated(prepared, Settings(clients=2, rounds=1), [np.zeros(3, np.float32)], tmp_path,
+                                "fedproto", evaluate=lambda parameters: unscored, port=free_port())
+    message = str(caught.value)
+    assert message.startswith("fedproto server stopped: ClientsUnavailable:")
+    assert "edge client 1 exited with code 2" in message and "edge client 2 exited with code 2" in message
+    assert "cannot load --app har.client_app:missing_factory" in message
