@@ -245,12 +245,9 @@ class Relay:
             raise Dropped
         stream.messages += 1
         record = {"direction": direction, **describe(data, direction)}
-        now = time.monotonic()
-        if direction == TO_CLIENT:
-            stream.pending.append((record["oneof"], now))
-        elif stream.pending:
-            instruction, sent = stream.pending.popleft()
-            record["rtt_ms"] = round((now - sent) * 1000, 3)
+        if direction == TO_SERVER and stream.pending:
+            instruction, forwarded = stream.pending.popleft()
+            record["rtt_ms"] = round((time.monotonic() - forwarded) * 1000, 3)
             record["reply_to"] = instruction
         if self.faults.corrupt_rate and len(data) > 1 and self.random.random() < self.faults.corrupt_rate:
             cut = self.random.randrange(1, len(data))
@@ -259,6 +256,8 @@ class Relay:
         self.emit(stream, record)
         if self.faults.delay_ms:
             await asyncio.sleep(self.faults.delay_ms / 1000)
+        if direction == TO_CLIENT:  # rtt counts from here: the relay's own delay is not the client's
+            stream.pending.append((record["oneof"], time.monotonic()))
         return data
 
 

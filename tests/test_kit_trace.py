@@ -141,6 +141,25 @@ def test_our_client_through_the_relay_passes_every_conformance_check(spawn, tmp_
     assert "S->C  reconnect_ins" in relay.log() and "reason=ACK" in relay.log()
 
 
+def test_delay_holds_every_message_in_both_directions(spawn, tmp_path):
+    upstream, runner = start_conformance(spawn)
+    jsonl = tmp_path / "trace.jsonl"
+    address, relay = start_relay(spawn, upstream, jsonl, "--delay-ms", "150")
+    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    assert client.wait(timeout=60) == 0, client.log()
+    assert runner.wait(timeout=60) == 0, runner.log()
+    # The runner times each exchange: instruction and reply are each held 150 ms.
+    table_rows = [line for line in runner.log().splitlines() if re.match(r"\s*\d+  ", line)]
+    exchange_ms = [int(m) for row in table_rows for m in re.findall(r"\((\d+) ms\)$", row)]
+    assert len(exchange_ms) == 10 and min(exchange_ms) >= 300, runner.log()
+    # The relay's rtt starts when it forwards the instruction and stops when the reply
+    # arrives, so both of its own delays are left out (+1: the runner rounds to whole ms).
+    replies = [r for r in records(jsonl) if r.get("direction") == "client_to_server"]
+    assert len(replies) == 10
+    for reply, exchange in zip(replies, exchange_ms):
+        assert reply["rtt_ms"] + 300 <= exchange + 1, (reply, exchange)
+
+
 def test_drop_after_cuts_the_stream_and_the_client_sees_it_end(spawn, tmp_path):
     upstream, runner = start_conformance(spawn)
     jsonl = tmp_path / "trace.jsonl"
