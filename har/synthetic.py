@@ -169,7 +169,7 @@ def simulate(activity: str, trial: int, subject: Subject, seed: int) -> np.ndarr
     pitch = thigh + subject.pocket_pitch
     roll = subject.pocket_roll + roll_sway
     heading = rng.uniform(-np.pi, np.pi) + np.cumsum(rng.normal(0, 0.004, n))
-    yaw = np.angle(np.exp(1j * heading))  # wrapped to (-pi, pi] as the phone reports it
+    yaw = _wrap(heading)
 
     # Phone-to-world rotation R = Rx(pitch) @ Ry(roll); world z points up.
     cp, sp, cr, sr = np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
@@ -181,12 +181,28 @@ def simulate(activity: str, trial: int, subject: Subject, seed: int) -> np.ndarr
     rates = np.stack([np.gradient(pitch), np.gradient(roll), np.gradient(heading)], axis=1) * SAMPLE_RATE_HZ
     noise = subject.noise
     signals = np.concatenate([
-        np.stack([roll, pitch, yaw], axis=1) + rng.normal(0, 0.003 * noise, (n, 3)),
+        _reported_attitude(roll, pitch, yaw) + rng.normal(0, 0.003 * noise, (n, 3)),
         gravity + rng.normal(0, 0.002 * noise, (n, 3)),
         rates + subject.gyro_bias + rng.normal(0, 0.04 * noise, (n, 3)),
         user_acceleration + rng.normal(0, 0.02 * noise, (n, 3)),
     ], axis=1)
     return signals
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    return np.angle(np.exp(1j * angle))  # to (-pi, pi]
+
+
+def _reported_attitude(roll: np.ndarray, pitch: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """(roll, pitch, yaw) as the phone reports them: pitch within [-pi/2, pi/2].
+
+    Past upright, the same orientation is pitch' = +-pi - pitch with roll and yaw turned by pi,
+    so the reported roll and yaw jump while the phone barely moves (as in the real data).
+    """
+    flipped = np.abs(pitch) > np.pi / 2
+    reported_pitch = np.where(flipped, np.sign(pitch) * np.pi - pitch, pitch)
+    turn = np.where(flipped, np.pi, 0.0)
+    return np.stack([_wrap(roll + turn), reported_pitch, _wrap(yaw + turn)], axis=1)
 
 
 def generate(root: Path, *, seed: int = 0, subjects: int = SUBJECTS) -> Path:
