@@ -11,12 +11,13 @@ reported as a named failure of that client instead of an error inside gRPC.
 Per stream (the server speaks first, the client answers each message once, in order):
 
 1. Stream opens: a :class:`ClientProxy` is registered with the client manager.
-2. The FL loop calls :meth:`ClientProxy.request`; the stream's coroutine writes the
-   ServerMessage, reads one reply and hands it back.
+2. The FL loop calls :meth:`ClientProxy.request`; the stream's writer sends the ServerMessage
+   and its reader hands back the next ClientMessage.
 3. No reply within the timeout: the stream is aborted with DEADLINE_EXCEEDED (as flwr does),
-   because a late answer could no longer be told apart from the next one.
-4. Stream ends (client closed or vanished, abort, server stop): the proxy is unregistered and
-   a pending request fails with ``stream_closed``.
+   because a late answer could no longer be told apart from the next one. A ClientMessage
+   that arrives when nothing was asked aborts it with FAILED_PRECONDITION, for the same reason.
+4. Stream ends (client closed its side or vanished, abort, server stop): the proxy is
+   unregistered and a pending request fails with ``stream_closed``.
 """
 
 from __future__ import annotations
@@ -60,18 +61,30 @@ class BindError(OSError):
 @dataclass
 class _Outgoing:
     data: bytes  # a serialized ServerMessage
-    timeout: float | None  # seconds to wait for the reply
-    last: bool  # end the stream (status OK) once the reply is in
     reply: asyncio.Future[bytes]
 
 
+@dataclass
+class _Close:
+    """Queued for the writer: end the stream, with OK or with an error status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    details: str = ""
+
+
 class ClientProxy:
-    """One connected client, as the FL loop sees it: send a ServerMessage, await the reply."""
+    """One connected client, as the FL loop sees it: send a ServerMessage, await the reply.
+
+    Each stream runs two coroutines. The writer (the RPC's own task) sends what the loop
+    queues. The reader receives every ClientMessage as it arrives, so it also notices a client
+    that closes its side while idle, or that sends a message nobody asked for: either ends
+    the stream at once instead of being read later as the answer to the next instruction.
+    """
 
     def __init__(self, cid: str, peer: str) -> None:
         self.cid = cid
         self.peer = peer
-        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_Outgoing | _Close] = asyncio.Queue()
         self._lock = asyncio.Lock()  # one request in flight per stream: replies come in order
         self._in_flight: _Outgoing | None = None  # written, reply not read yet
         self._ended: str | None = None  # why the stream ended, once it has
@@ -85,14 +98,24 @@ class ClientProxy:
         """Send a serialized ServerMessage, return the client's reply; raises :class:`ReplyError`.
 
         The caller serializes, so one FitIns sent to thousands of clients is encoded once.
+        No reply within ``timeout`` seconds aborts the stream with DEADLINE_EXCEEDED.
         ``last=True`` ends the stream normally after the reply (used for ReconnectIns).
         """
         async with self._lock:
             if self._ended is not None:
                 raise ReplyError(FailureKind.STREAM_CLOSED, self._ended)
             reply = asyncio.get_running_loop().create_future()
-            self._outbox.put_nowait(_Outgoing(message, timeout, last, reply))
-            data = await reply
+            self._outbox.put_nowait(_Outgoing(message, reply))
+            try:
+                data = await asyncio.wait_for(reply, timeout)
+            except TimeoutError:
+                reason = f"no reply within {timeout:g} s"
+                self._end(reason, FailureKind.TIMEOUT)
+                self._outbox.put_nowait(_Close(grpc.StatusCode.DEADLINE_EXCEEDED, reason))
+                raise ReplyError(FailureKind.TIMEOUT, reason) from None
+            if last:
+                self._end("server ended the session", FailureKind.STREAM_CLOSED)
+                self._outbox.put_nowait(_Close())
         client_message = ClientMessage()
         try:
             client_message.ParseFromString(data)
@@ -103,30 +126,45 @@ class ClientProxy:
         return client_message
 
     async def serve(self, context: grpc.aio.ServicerContext) -> None:
-        """The stream's side: write each request, read its reply. Returns when the stream ends."""
+        """The writer, run as the RPC's handler. Returns (or aborts) when the stream is over."""
+        reader = asyncio.ensure_future(self._read_replies(context))
         try:
             while True:
-                self._in_flight = outgoing = await self._outbox.get()
-                await context.write(outgoing.data)
-                try:
-                    data = await asyncio.wait_for(context.read(), outgoing.timeout)
-                except TimeoutError:
-                    reason = f"no reply within {outgoing.timeout:g} s"
-                    self._end(reason, FailureKind.TIMEOUT)
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
-                if data is grpc.aio.EOF:
-                    self._end("client closed the stream", FailureKind.STREAM_CLOSED)
+                item = await self._outbox.get()
+                if isinstance(item, _Close):
+                    if item.code is not grpc.StatusCode.OK:
+                        await context.abort(item.code, item.details)
                     return
-                self._in_flight = None
-                outgoing.reply.set_result(data)
-                if outgoing.last:
-                    self._end("server ended the session", FailureKind.STREAM_CLOSED)
-                    return
+                if item.reply.done():  # its request already failed (the stream is ending)
+                    continue
+                self._in_flight = item  # before the write: the reply may come back at once
+                await context.write(item.data)
         except asyncio.CancelledError:  # how grpc.aio reports a vanished client (or a stop)
             self._end("stream cancelled (client disconnected or server stopping)", FailureKind.STREAM_CLOSED)
             raise
         finally:
+            reader.cancel()
             self._end("stream ended", FailureKind.STREAM_CLOSED)
+
+    async def _read_replies(self, context: grpc.aio.ServicerContext) -> None:
+        """The reader: hand each ClientMessage to the request waiting for it."""
+        while True:
+            data = await context.read()
+            if self._ended is not None:
+                return
+            if data is grpc.aio.EOF:
+                self._end("client closed the stream", FailureKind.STREAM_CLOSED)
+                self._outbox.put_nowait(_Close())
+                return
+            if self._in_flight is None:
+                reason = f"unsolicited ClientMessage ({len(data)} bytes) while no instruction was pending"
+                log.warning("client %s: %s; closing its stream", self.cid, reason)
+                self._end(reason, FailureKind.MALFORMED)
+                self._outbox.put_nowait(_Close(grpc.StatusCode.FAILED_PRECONDITION, reason))
+                return
+            if not self._in_flight.reply.done():  # done: its requester was cancelled meanwhile
+                self._in_flight.reply.set_result(data)
+            self._in_flight = None
 
     def _end(self, reason: str, kind: FailureKind) -> None:
         """Mark the stream over and fail every request that can no longer be answered."""
@@ -135,7 +173,9 @@ class ClientProxy:
         waiting = [self._in_flight] if self._in_flight is not None else []
         self._in_flight = None
         while not self._outbox.empty():
-            waiting.append(self._outbox.get_nowait())
+            item = self._outbox.get_nowait()
+            if isinstance(item, _Outgoing):
+                waiting.append(item)
         for outgoing in waiting:
             if not outgoing.reply.done():
                 outgoing.reply.set_exception(ReplyError(kind, reason))
