@@ -31,11 +31,13 @@ start_client(server_address=sys.argv[1], client=Demo(int(sys.argv[2])).to_client
 """
 
 
-def wait_for(condition, what: str, proc: Proc, timeout: float = 30) -> None:
+def wait_for(condition, what: str, proc: Proc, timeout: float = 30, also: tuple[Proc, ...] = ()) -> None:
+    """Poll until ``condition()``; on failure show the logs of ``proc`` and of ``also``."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc.popen.poll() is None, f"{proc.name} exited while waiting for {what}:\n{proc.log()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{proc.log()[-3000:]}"
+        logs = "\n".join(f"--- {p.name}:\n{p.log()[-3000:]}" for p in (proc, *also))
+        assert proc.popen.poll() is None, f"{proc.name} exited while waiting for {what}:\n{logs}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{logs}"
         time.sleep(0.05)
 
 
@@ -166,7 +168,7 @@ def test_drop_after_cuts_the_stream_and_the_client_sees_it_end(spawn, tmp_path):
     address, relay = start_relay(spawn, upstream, jsonl, "--drop-after", "2")
     client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
     wait_for(lambda: "UNAVAILABLE: fedproto-trace dropped the stream after 2 messages; joining again"
-             in client.log(), "the client to see the cut", client)
+             in client.log(), "the client to see the cut", client, also=(relay, runner))
     dropped = [r for r in records(jsonl) if r.get("event") == "dropped"]
     assert dropped[0]["after_messages"] == 2
     assert [r["oneof"] for r in records(jsonl) if r["stream"] == 1 and "direction" in r] == \
