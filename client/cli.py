@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
                         help="CA bundle that signed the server's certificate; enables TLS")
     parser.add_argument("--max-message-length", type=positive_int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
-                        help="largest message sent or accepted (default: %(default)s, flwr's 512 MiB)")
+                        help="largest message sent or accepted (default: %(default)s = 512 MiB, as flwr documents)")
     parser.add_argument("--retries", type=positive_int, default=Retry.attempts, metavar="N",
                         help="joins in a row that fail before the server's first message, then exit 3 (default: %(default)s)")
     parser.add_argument("--retry-delay", type=non_negative_float, default=Retry.first_delay, metavar="SECONDS",

@@ -10,7 +10,8 @@ _SERVICE = DESCRIPTOR.services_by_name["FlowerService"]
 # The one RPC of the protocol, as it appears in the HTTP/2 :path header.
 JOIN_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Join'].name}"
 
-# flwr's default for both directions (GRPC_MAX_MESSAGE_LENGTH): 512 MiB.
+# Both directions: 512 MiB, the limit flwr documents for start_server/start_client. (flwr 1.42's
+# code actually passes 2 GiB - 1; a message between the two is refused by us, with a named error.)
 MAX_MESSAGE_LENGTH = 536_870_912
 
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last round saved in --checkpoint-dir")
     parser.add_argument("--max-message-length", type=int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
-                        help="largest message sent or accepted (default: %(default)s, flwr's 512 MiB)")
+                        help="largest message sent or accepted (default: %(default)s = 512 MiB, as flwr documents)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
