@@ -147,7 +147,9 @@ def run_federated(prepared: Prepared, settings: Settings, start: list[np.ndarray
         except Exception as error:  # the server gave up (e.g. clients never came): say why, with their logs
             raise FederatedError(f"{server_kind} server stopped: {type(error).__name__}: {error}"
                                  f"{_exited_clients(clients, out / 'logs')}") from error
+        log.info("federated: server done; waiting for the edge clients to exit")
         _wait_for_clients(clients, out / "logs")
+        log.info("federated: all %d edge clients exited with code 0", len(clients))
     finally:
         for process in clients:
             if process.poll() is None:
