@@ -42,6 +42,13 @@ examples:
 """
 
 
+def hidden_units(text: str) -> tuple[int, ...]:
+    try:
+        return parse_hidden_units(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m har",
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="minibatch size (default: %(default)s)")
     training.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate, metavar="LR",
                           help="Adam learning rate (default: %(default)s)")
-    training.add_argument("--hidden", type=parse_hidden_units, default=DEFAULTS.hidden, metavar="UNITS",
+    training.add_argument("--hidden", type=hidden_units, default=DEFAULTS.hidden, metavar="UNITS",
                           help="hidden layer sizes, comma-separated (default: 64,32)")
     training.add_argument("--seed", type=int, default=DEFAULTS.seed,
                           help="seeds the initial weights and every shuffle (default: %(default)s)")

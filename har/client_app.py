@@ -18,6 +18,7 @@ TensorFlow is imported when the handler is made, not when this module is importe
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,9 @@ class HarClient:
     """flwr NumPyClient method names over a Keras model; no flwr import."""
 
     def __init__(self, partition_file: Path, hidden: tuple[int, ...], seed: int) -> None:
+        (self.x_train, self.y_train, self.x_test, self.y_test), self.partition = read_partition(partition_file)
         from har import model as keras_model  # TensorFlow, only once a client is really made
 
-        with np.load(partition_file) as data:
-            self.x_train, self.y_train = data["x_train"], data["y_train"]
-            self.x_test, self.y_test = data["x_test"], data["y_test"]
-            self.partition = int(data["partition"])
         self.keras = keras_model
         keras_model.configure(seed + self.partition)
         self.model = keras_model.build_model(self.x_train.shape[1], hidden, keras_model.DEFAULT_LEARNING_RATE)
@@ -88,6 +86,18 @@ def make_client() -> HarClient:
         hidden=parse_hidden_units(os.environ.get("HAR_HIDDEN_UNITS", DEFAULT_HIDDEN_UNITS)),
         seed=int(os.environ.get("HAR_SEED", "0")),
     )
+
+
+PARTITION_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_partition(path: Path) -> tuple[tuple[np.ndarray, ...], int]:
+    """((x_train, y_train, x_test, y_test), partition number) from a file of ``write_partition``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return tuple(data[name] for name in PARTITION_ARRAYS), int(data["partition"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"HAR_PARTITION_FILE={path}: not a partition file written by python -m har ({error})") from None
 
 
 def write_partition(path: Path, partition: int, x_train, y_train, x_test, y_test) -> None:

@@ -138,6 +138,8 @@ def read_recording_csv(path: Path) -> np.ndarray:
 def load_recordings(root: Path) -> list[Recording]:
     """Every sub_<n>.csv under ROOT/A_DeviceMotion_data, sorted by (activity, trial, subject)."""
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (expected {MOTION_DIR}/ and {SUBJECTS_FILE} inside)")
     info = load_subjects_info(root)
     motion = root / MOTION_DIR
     if not motion.is_dir():
