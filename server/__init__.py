@@ -7,7 +7,8 @@
 - ``server.transport``: the Join servicer (one coroutine per stream), TLS, message sizes.
 - ``server.client_manager``: connected clients; ``wait_for``, ``sample``.
 - ``server.loop``: the rounds (fit, evaluate, failures, checkpoints).
-- ``server.strategy``: ``Strategy`` (flwr's interface, on NumPy arrays) and ``FedAvg``.
+- ``server.strategy``: ``Strategy`` (flwr's interface, on NumPy arrays), ``FedAvg``,
+  ``FedProx`` and ``FedAdam``.
 - ``server.history``, ``server.checkpoint``: what happened, and how to resume it.
 - ``server.cli``: the ``fedproto-server`` command.
 """
@@ -17,11 +18,11 @@ from server.client_manager import ClientManager
 from server.history import History, RoundRecord
 from server.loop import ClientsUnavailable, ServerResult
 from server.messages import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
-from server.strategy import FedAvg, Strategy
+from server.strategy import FedAdam, FedAvg, FedProx, Strategy
 from server.transport import BindError
 
 __all__ = [
     "BindError", "ClientManager", "ClientsUnavailable", "EvaluateIns", "EvaluateRes", "Failure",
-    "FailureKind", "FedAvg", "FitIns", "FitRes", "History", "RoundRecord", "ServerResult", "Strategy",
+    "FailureKind", "FedAdam", "FedAvg", "FedProx", "FitIns", "FitRes", "History", "RoundRecord", "ServerResult", "Strategy",
     "run_server",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
@@ -16,6 +17,11 @@ log = logging.getLogger("fedproto.server")
 
 # Seconds in-flight calls get to finish when the server stops.
 STOP_GRACE_SECONDS = 1.0
+
+# Thousands of open streams mean thousands of live coroutines and futures, which Python's
+# cyclic GC re-scans again and again at its default young threshold (700 allocations): ~15% of
+# the server's CPU at 1,000 clients (bench/scale.py). Collecting 70x less often costs little memory.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def run_server(
@@ -59,7 +65,12 @@ def run_server(
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
         resume=resume,
     )
-    return asyncio.run(_serve(address, strategy or FedAvg(), config, certificates, max_message_length))
+    previous_thresholds = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *previous_thresholds[1:])
+    try:
+        return asyncio.run(_serve(address, strategy or FedAvg(), config, certificates, max_message_length))
+    finally:
+        gc.set_threshold(*previous_thresholds)
 
 
 async def _serve(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from pathlib import Path
@@ -11,7 +12,7 @@ from fedproto.wire import MAX_MESSAGE_LENGTH
 from server.app import run_server
 from server.checkpoint import CheckpointError, load_npz
 from server.loop import ClientsUnavailable
-from server.strategy import FedAvg, weighted_metrics_average
+from server.strategy import FedAdam, FedAvg, FedProx, weighted_metrics_average
 from server.transport import BindError
 
 EXIT_OK = 0
@@ -46,6 +47,11 @@ examples:
   fedproto-server --rounds 20 --min-clients 4 --checkpoint-dir ckpt/
   fedproto-server --rounds 20 --min-clients 4 --checkpoint-dir ckpt/ --resume
 
+  # FedAdam: the average is a pseudo-gradient for a server-side Adam step (needs a start)
+  fedproto-server --strategy fedadam --server-learning-rate 0.05 --initial-parameters w0.npz
+  # FedProx: FedAvg that sends proximal_mu in every fit config, for the clients' proximal term
+  fedproto-server --strategy fedprox --proximal-mu 0.1
+
   # TLS: the CA certificate, the server's certificate and its private key (PEM)
   fedproto-server --certificates ca.pem server.pem server.key --rounds 3
 
@@ -57,7 +63,7 @@ exit codes: 0 done, 1 unreadable checkpoint or parameters file, 2 usage error,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedproto-server",
-        description="A Flower server (FlowerService.Join) running FedAvg on grpc.aio.",
+        description="A Flower server (FlowerService.Join) on grpc.aio: FedAvg, FedProx or FedAdam.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -72,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of connected clients that train each round (default: %(default)s)")
     parser.add_argument("--fraction-evaluate", type=float, default=1.0, metavar="F",
                         help="share that evaluate each round; 0 turns evaluation off (default: %(default)s)")
+    parser.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], default="fedavg",
+                        help="how rounds are aggregated (default: %(default)s)")
+    parser.add_argument("--proximal-mu", type=float, metavar="MU",
+                        help="fedprox: proximal_mu sent in every fit config (required with fedprox)")
+    parser.add_argument("--server-learning-rate", type=float, default=0.1, metavar="ETA",
+                        help="fedadam: step size of the server's Adam update (default: %(default)s)")
     parser.add_argument("--round-timeout", type=float, metavar="SECONDS",
                         help="a client silent this long fails the round and is disconnected "
                              "(default: wait forever)")
@@ -133,8 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     def round_config(server_round: int) -> dict:
         return {**config, "server_round": server_round}
 
+    if args.strategy == "fedprox" and args.proximal_mu is None:
+        parser.error("--strategy fedprox needs --proximal-mu")
+    if args.strategy == "fedadam" and args.initial_parameters is None:
+        parser.error("--strategy fedadam needs --initial-parameters (its first step starts from them)")
+    if args.strategy == "fedprox":
+        make_strategy = functools.partial(FedProx, proximal_mu=args.proximal_mu)
+    elif args.strategy == "fedadam":
+        make_strategy = functools.partial(FedAdam, eta=args.server_learning_rate)
+    else:
+        make_strategy = FedAvg
     try:
-        strategy = FedAvg(
+        strategy = make_strategy(
             fraction_fit=args.fraction_fit,
             fraction_evaluate=args.fraction_evaluate,
             min_fit_clients=args.min_clients,

@@ -71,7 +71,8 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
     """Run rounds until ``config.rounds`` are complete (counting resumed ones); see module doc."""
     restored = checkpoint.load(config.checkpoint_dir) if config.resume and config.checkpoint_dir else None
     if restored is not None:
-        parameters, history = restored
+        parameters, history = restored.parameters, restored.history
+        strategy.restore(parameters, restored.strategy_state)
         log.info("resuming after round %d from %s", history.last_round, config.checkpoint_dir)
     else:
         if config.resume:
@@ -84,7 +85,7 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
     for server_round in range(first_round, config.rounds + 1):
         parameters = await _run_round(strategy, clients, config, server_round, parameters, history)
         if config.checkpoint_dir is not None:
-            checkpoint.save(config.checkpoint_dir, server_round, parameters, history)
+            checkpoint.save(config.checkpoint_dir, server_round, parameters, history, strategy.state())
         if config.history_path is not None:
             _write_history(config.history_path, history)
     if config.history_path is not None:  # also when a resumed run had no round left to run

@@ -63,6 +63,13 @@ class Strategy(ABC):
     def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
         """Centralized evaluation on the server; None if there is none."""
 
+    def state(self) -> dict[str, NDArrays]:
+        """Arrays a checkpoint must keep besides the global parameters (an optimizer's moments)."""
+        return {}
+
+    def restore(self, parameters: NDArrays, state: dict[str, NDArrays]) -> None:
+        """Continue from a checkpoint: the global parameters and what :meth:`state` returned."""
+
 
 def weighted_average(results: list[tuple[NDArrays, int]]) -> NDArrays:
     """Example-weighted mean of each tensor (flwr's FedAvg rule).
@@ -209,6 +216,81 @@ class FedAvg(Strategy):
             metrics = self.evaluate_metrics_aggregation_fn(
                 [(res.num_examples, res.metrics) for _, res in results])
         return loss, metrics
+
+
+class FedProx(FedAvg):
+    """FedAvg that also sends ``proximal_mu`` in every fit config, as flwr's FedProx does.
+
+    The proximal term is the client's business: its loss adds
+    ``proximal_mu / 2 * ||w - w_global||^2``. The server side is FedAvg.
+    """
+
+    def __init__(self, *, proximal_mu: float, **fedavg_arguments) -> None:
+        super().__init__(**fedavg_arguments)
+        self.proximal_mu = proximal_mu
+
+    def __repr__(self) -> str:
+        return f"FedProx(proximal_mu={self.proximal_mu}, {super().__repr__()[len('FedAvg('):]}"
+
+    def configure_fit(
+        self, server_round: int, parameters: NDArrays, client_manager: ClientManager
+    ) -> list[tuple[Client, FitIns]]:
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        if not instructions:
+            return []
+        shared = instructions[0][1]
+        fit_ins = FitIns(shared.parameters, {**shared.config, "proximal_mu": self.proximal_mu})
+        return [(client, fit_ins) for client, _ in instructions]
+
+
+class FedAdam(FedAvg):
+    """FedAvg's average taken as a pseudo-gradient for a server-side Adam step (flwr's FedAdam).
+
+    Each round, with ``delta = fedavg_average - current``:
+    ``m = beta_1 m + (1 - beta_1) delta``, ``v = beta_2 v + (1 - beta_2) delta**2``,
+    ``current += eta * sqrt(1 - beta_2**(t+1)) / (1 - beta_1**(t+1)) * m / (sqrt(v) + tau)``.
+    Needs ``initial_parameters``. The moments are computed in float64 and, with the
+    parameters, kept in checkpoints, so a resumed run continues the same trajectory.
+    """
+
+    def __init__(self, *, initial_parameters: NDArrays, eta: float = 1e-1, beta_1: float = 0.9,
+                 beta_2: float = 0.99, tau: float = 1e-9, **fedavg_arguments) -> None:
+        super().__init__(initial_parameters=initial_parameters, **fedavg_arguments)
+        self.current = [np.array(p) for p in initial_parameters]
+        self.eta, self.beta_1, self.beta_2, self.tau = eta, beta_1, beta_2, tau
+        self.m_t: NDArrays = []
+        self.v_t: NDArrays = []
+
+    def __repr__(self) -> str:
+        return (f"FedAdam(eta={self.eta}, beta_1={self.beta_1}, beta_2={self.beta_2}, tau={self.tau}, "
+                f"{super().__repr__()[len('FedAvg('):]}")
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[Client, FitRes]], failures: list[Failure]
+    ) -> tuple[NDArrays | None, Metrics]:
+        averaged, metrics = super().aggregate_fit(server_round, results, failures)
+        if averaged is None:
+            return None, {}
+        delta = [a.astype(np.float64) - c.astype(np.float64) for a, c in zip(averaged, self.current, strict=True)]
+        if not self.m_t:
+            self.m_t = [np.zeros_like(d) for d in delta]
+            self.v_t = [np.zeros_like(d) for d in delta]
+        self.m_t = [self.beta_1 * m + (1 - self.beta_1) * d for m, d in zip(self.m_t, delta, strict=True)]
+        self.v_t = [self.beta_2 * v + (1 - self.beta_2) * d * d for v, d in zip(self.v_t, delta, strict=True)]
+        eta_norm = (self.eta * np.sqrt(1 - self.beta_2 ** (server_round + 1.0))
+                    / (1 - self.beta_1 ** (server_round + 1.0)))
+        self.current = [
+            (c.astype(np.float64) + eta_norm * m / (np.sqrt(v) + self.tau)).astype(c.dtype)
+            for c, m, v in zip(self.current, self.m_t, self.v_t, strict=True)
+        ]
+        return self.current, metrics
+
+    def state(self) -> dict[str, NDArrays]:
+        return {"m_t": self.m_t, "v_t": self.v_t}
+
+    def restore(self, parameters: NDArrays, state: dict[str, NDArrays]) -> None:
+        self.current = [np.array(p) for p in parameters]
+        self.m_t, self.v_t = list(state.get("m_t", [])), list(state.get("v_t", []))
 
 
 def weighted_metrics_average(metrics: list[tuple[int, Metrics]]) -> Metrics:

@@ -90,3 +90,43 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
     assert result.history.losses_centralized[2][1] == reference.evaluate(expected, {})[0]
     assert result.history.losses_distributed == []  # fraction_evaluate=0: no client evaluation
     assert [(r.fit_ok, r.evaluate_ok) for r in result.history.rounds] == [(1, 0), (1, 0)]
+
+
+def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn, tmp_path):
+    from server.checkpoint import load, save_npz
+    from server.messages import FitRes
+    from server.strategy import FedAdam
+
+    address = f"127.0.0.1:{free_port()}"
+    initial = SoftmaxClient().get_parameters({})
+    save_npz(tmp_path / "w0.npz", initial)
+    server = spawn("server", "-m", "server", "--address", address, "--rounds", "2", "--min-clients", "2",
+                   "--strategy", "fedadam", "--server-learning-rate", "0.05",
+                   "--initial-parameters", str(tmp_path / "w0.npz"), "--checkpoint-dir", str(tmp_path / "ckpt"))
+    clients = [spawn(f"client{p}", "-m", "client", "--server", address, "--app", "client.demo:make_client",
+                     env={"DEMO_PARTITION": str(p)}) for p in (0, 1)]
+    assert server.wait(60) == 0, server.log()
+    assert all(client.wait(30) == 0 for client in clients)
+    assert "FedAdam(eta=0.05, beta_1=0.9, beta_2=0.99, tau=1e-09, fraction_fit=1.0" in server.log()
+
+    reference = FedAdam(initial_parameters=initial, eta=0.05)
+    parameters = initial
+    for server_round in (1, 2):
+        fits = [SoftmaxClient(partition=p).fit(parameters, {"server_round": server_round})
+                for p in (0, 1)]
+        parameters, _ = reference.aggregate_fit(
+            server_round, [(None, FitRes(arrays, n, metrics)) for arrays, n, metrics in fits], [])
+    restored = load(tmp_path / "ckpt")
+    for mine, expected in zip(restored.parameters, parameters, strict=True):
+        np.testing.assert_allclose(mine, expected, rtol=0, atol=1e-6)
+    assert sorted(restored.strategy_state) == ["m_t", "v_t"]
+    for mine, expected in zip(restored.strategy_state["m_t"], reference.m_t, strict=True):
+        np.testing.assert_allclose(mine, expected, rtol=0, atol=1e-6)
+
+
+def test_fedprox_needs_proximal_mu_and_fedadam_needs_a_start():
+    for arguments, message in ((["--strategy", "fedprox"], "--strategy fedprox needs --proximal-mu"),
+                               (["--strategy", "fedadam"], "--strategy fedadam needs --initial-parameters")):
+        run = subprocess.run([sys.executable, "-m", "server", *arguments], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 2 and message in run.stderr

@@ -127,9 +127,10 @@ def test_checkpoint_round_trip_and_named_errors(tmp_path):
     history.rounds.append(RoundRecord(2))
     checkpoint.save(tmp_path, 2, parameters, history)
     assert sorted(os.listdir(tmp_path)) == ["history.json", "parameters-round-0002.npz"]
-    loaded, loaded_history = checkpoint.load(tmp_path)
-    assert loaded_history == history and loaded_history.last_round == 2
-    assert [(a.dtype, a.tolist()) for a in loaded] == [(a.dtype, a.tolist()) for a in parameters]
+    restored = checkpoint.load(tmp_path)
+    assert restored.history == history and restored.history.last_round == 2
+    assert [(a.dtype, a.tolist()) for a in restored.parameters] == [(a.dtype, a.tolist()) for a in parameters]
+    assert restored.strategy_state == {}
 
     (tmp_path / "parameters-round-0002.npz").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(checkpoint.CheckpointError, match="not a parameters archive"):
@@ -178,3 +179,76 @@ def test_initial_parameters_come_from_the_next_client_when_one_fails(caplog):
     assert "GET_PARAMETERS_NOT_IMPLEMENTED: not implemented" in caplog.text
     assert "expected get_parameters_res, got fit_res" in caplog.text
     assert "no client gave initial parameters: starting from empty parameters" in caplog.text
+
+
+def fit_results_for_round(server_round: int):
+    rng = np.random.default_rng(100 + server_round)
+    return [([rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)], n)
+            for n in (10, 30, 5)]
+
+
+def test_fedadam_follows_flwrs_fedadam_round_by_round():
+    from flwr.server.strategy import FedAdam as FlwrFedAdam
+    from flwr.common import parameters_to_ndarrays
+
+    from server.strategy import FedAdam
+
+    initial = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
+    theirs = FlwrFedAdam(initial_parameters=ndarrays_to_parameters(initial), eta=0.05, beta_1=0.8)
+    ours = FedAdam(initial_parameters=initial, eta=0.05, beta_1=0.8)
+    for server_round in (1, 2, 3):
+        results = fit_results_for_round(server_round)
+        flwr_results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), n, {}))
+                        for a, n in results]
+        expected = parameters_to_ndarrays(theirs.aggregate_fit(server_round, flwr_results, [])[0])
+        mine, _ = ours.aggregate_fit(server_round, [(FakeClient("c"), OurFitRes(a, n)) for a, n in results], [])
+        assert [a.dtype for a in mine] == [np.float32, np.float32]
+        for m, e in zip(mine, expected, strict=True):
+            np.testing.assert_allclose(m, e, rtol=0, atol=1e-6)
+        assert np.abs(mine[0]).max() > 0.01  # it moved
+
+
+def test_fedadam_resumed_from_a_checkpoint_continues_the_same_trajectory(tmp_path):
+    from server.strategy import FedAdam
+
+    initial = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
+
+    def step(strategy, server_round):
+        results = [(FakeClient("c"), OurFitRes(a, n)) for a, n in fit_results_for_round(server_round)]
+        return strategy.aggregate_fit(server_round, results, [])[0]
+
+    straight = FedAdam(initial_parameters=initial)
+    for server_round in (1, 2, 3):
+        expected = step(straight, server_round)
+
+    interrupted = FedAdam(initial_parameters=initial)
+    parameters = step(interrupted, 1)
+    history = History(rounds=[RoundRecord(1)])
+    checkpoint.save(tmp_path, 1, parameters, history, interrupted.state())
+    assert sorted(os.listdir(tmp_path)) == ["history.json", "parameters-round-0001.npz",
+                                            "strategy-round-0001.npz"]
+    restored = checkpoint.load(tmp_path)
+    resumed = FedAdam(initial_parameters=initial)
+    resumed.restore(restored.parameters, restored.strategy_state)
+    step(resumed, 2)
+    for mine, reference in zip(step(resumed, 3), expected, strict=True):
+        np.testing.assert_array_equal(mine, reference)
+
+    fresh = FedAdam(initial_parameters=initial)  # without the moments it would drift
+    fresh.restore(restored.parameters, {})
+    step(fresh, 2)
+    assert not np.array_equal(step(fresh, 3)[0], expected[0])
+
+
+def test_fedprox_adds_proximal_mu_to_the_fit_config():
+    from server.strategy import FedProx
+
+    manager = ClientManager()
+    for index in range(3):
+        manager.register(FakeClient(f"c{index}"))
+    strategy = FedProx(proximal_mu=0.25, min_fit_clients=3, min_available_clients=3,
+                       on_fit_config_fn=lambda server_round: {"server_round": server_round})
+    instructions = strategy.configure_fit(4, [np.ones(2)], manager)
+    assert len(instructions) == 3 and len({id(ins) for _, ins in instructions}) == 1
+    assert instructions[0][1].config == {"server_round": 4, "proximal_mu": 0.25}
+    assert repr(strategy).startswith("FedProx(proximal_mu=0.25, fraction_fit=1.0")
