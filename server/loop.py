@@ -84,10 +84,12 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
     started, first_round = time.perf_counter(), history.last_round + 1
     for server_round in range(first_round, config.rounds + 1):
         parameters = await _run_round(strategy, clients, config, server_round, parameters, history)
+        # Off the event loop: fsyncing a large model must not stall the streams.
         if config.checkpoint_dir is not None:
-            checkpoint.save(config.checkpoint_dir, server_round, parameters, history, strategy.state())
+            await asyncio.to_thread(checkpoint.save, config.checkpoint_dir, server_round, parameters,
+                                    history, strategy.state())
         if config.history_path is not None:
-            _write_history(config.history_path, history)
+            await asyncio.to_thread(_write_history, config.history_path, history)
     if config.history_path is not None:  # also when a resumed run had no round left to run
         _write_history(config.history_path, history)
     log.info("finished: %d/%d rounds complete, %d run now in %.2f s", history.last_round, config.rounds,
