@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -42,6 +43,7 @@ EXAMPLES = 10  # num_examples each client reports
 # After our DisconnectRes, how long the server may take to end the call before we cancel it.
 DISCONNECT_GRACE_SECONDS = 1.0
 FIRST_RETRY_DELAY, MAX_RETRY_DELAY = 0.5, 5.0
+GC_YOUNG_THRESHOLD = 50_000  # Python's default is 700 allocations
 
 
 class TrivialModelClient:
@@ -148,6 +150,9 @@ async def _run_clients(server: str, clients: int, streams_per_channel: int, dura
 
 def run_worker(server: str, clients: int, streams_per_channel: int, duration: float) -> dict:
     """Entry point of one worker process: hold ``clients`` streams, return their Stats as a dict."""
+    # Thousands of live streams keep the cyclic GC busy re-scanning them (~12% of this
+    # process's CPU at 500 streams); young collections 70x less often cost only some memory.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     stats = asyncio.run(_run_clients(server, clients, streams_per_channel, duration))
     return stats.as_dict()
 
