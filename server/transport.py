@@ -44,6 +44,8 @@ MAX_PENDING_JOINS = 100_000
 
 SERVICE_NAME, _, METHOD_NAME = JOIN_METHOD.lstrip("/").partition("/")
 
+CLIENT_SIDE_ENDED = "client ended its side of the stream (closed it, or sent a message gRPC refused, e.g. too large)"
+
 
 class ReplyError(Exception):
     """A request to one client did not produce a ClientMessage; ``kind`` says why."""
@@ -153,7 +155,8 @@ class ClientProxy:
             if self._ended is not None:
                 return
             if data is grpc.aio.EOF:
-                self._end("client closed the stream", FailureKind.STREAM_CLOSED)
+                # gRPC reports a message it refused (e.g. over max_message_length) the same way.
+                self._end(CLIENT_SIDE_ENDED, FailureKind.STREAM_CLOSED)
                 self._outbox.put_nowait(_Close())
                 return
             if self._in_flight is None:

@@ -19,6 +19,7 @@ from client.demo import SoftmaxClient
 from conftest import free_port
 from server.checkpoint import load_npz, save_npz
 from server.history import History
+from server.transport import CLIENT_SIDE_ENDED
 
 ROUND_TIMEOUT = 3
 ZEROS = [np.zeros((20, 4), np.float32), np.zeros(4, np.float32)]
@@ -85,7 +86,7 @@ def test_each_misbehaving_client_is_a_counted_failure_and_the_rounds_complete(sp
 
     reasons = sorted(f.reason for f in first.fit_failures)
     assert reasons == sorted([
-        "client closed the stream",
+        CLIENT_SIDE_ENDED,
         f"no reply within {ROUND_TIMEOUT} s",
         "FIT_NOT_IMPLEMENTED: fit raised RuntimeError: simulated training crash",
         "expected fit_res, got evaluate_res",

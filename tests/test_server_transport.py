@@ -14,7 +14,7 @@ from fedproto.transport_pb2 import ClientMessage, ServerMessage
 from fedproto.wire import JOIN_METHOD
 from server.client_manager import ClientManager
 from server.messages import FailureKind
-from server.transport import BindError, ReplyError, create_server
+from server.transport import CLIENT_SIDE_ENDED, BindError, ReplyError, create_server
 
 FIT_INS = ServerMessage(fit_ins=ServerMessage.FitIns()).SerializeToString()
 FIT_RES = ClientMessage(fit_res=ClientMessage.FitRes(num_examples=7)).SerializeToString()
@@ -49,9 +49,9 @@ class RawClient:
         self.outbox.put(None)
 
 
-async def serve_with(address: str, scenario):
+async def serve_with(address: str, scenario, **server_options):
     manager = ClientManager()
-    server = create_server(address, manager)
+    server = create_server(address, manager, **server_options)
     await server.start()
     try:
         return await scenario(manager)
@@ -101,7 +101,7 @@ def test_a_client_closing_its_side_while_idle_is_unregistered_at_once():
         return closed.value
 
     closed = asyncio.run(serve_with(address, scenario))
-    assert (closed.kind, closed.reason) == (FailureKind.STREAM_CLOSED, "client closed the stream")
+    assert (closed.kind, closed.reason) == (FailureKind.STREAM_CLOSED, CLIENT_SIDE_ENDED)
     assert client.done.wait(10) and client.status[0] == grpc.StatusCode.OK
 
 
@@ -140,6 +140,27 @@ def test_silence_past_the_timeout_aborts_the_stream_with_deadline_exceeded():
     assert (silent.kind, silent.reason) == (FailureKind.TIMEOUT, "no reply within 0.3 s")
     assert client.done.wait(10)
     assert client.status == (grpc.StatusCode.DEADLINE_EXCEEDED, "no reply within 0.3 s")
+
+
+def test_a_reply_over_the_message_size_limit_ends_only_that_stream():
+    address = f"127.0.0.1:{free_port()}"
+    big = ClientMessage(fit_res=ClientMessage.FitRes(metrics={"blob": {"bytes": b"x" * 500}}))
+    client = RawClient(address, lambda c, data: c.send(big.SerializeToString()))
+
+    async def scenario(manager):
+        await until(lambda: manager.num_available() == 1)
+        (proxy,) = manager.all().values()
+        with pytest.raises(ReplyError) as refused:
+            await proxy.request(FIT_INS, timeout=10)
+        await until(lambda: manager.num_available() == 0)
+        await until(client.done.is_set)  # the client has its status before the server stops
+        return refused.value
+
+    refused = asyncio.run(serve_with(address, scenario, max_message_length=200))
+    assert (refused.kind, refused.reason) == (FailureKind.STREAM_CLOSED, CLIENT_SIDE_ENDED)
+    assert client.done.wait(10)
+    assert client.status == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"SERVER: Received message larger than max ({big.ByteSize()} vs. 200)")
 
 
 def test_an_address_that_cannot_be_bound_is_a_bind_error():
