@@ -327,4 +327,5 @@ def _decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:
 
 def _write_history(path: Path, history: History) -> None:
     text = history.to_json()
+    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_atomically(path, lambda file: file.write(text.encode()))

@@ -44,7 +44,8 @@ MAX_PENDING_JOINS = 100_000
 
 SERVICE_NAME, _, METHOD_NAME = JOIN_METHOD.lstrip("/").partition("/")
 
-CLIENT_SIDE_ENDED = "client ended its side of the stream (closed it, or sent a message gRPC refused, e.g. too large)"
+CLIENT_SIDE_ENDED = ("client ended its side of the stream "
+                     "(closed it, or sent a message gRPC refused, e.g. too large)")
 
 
 class ReplyError(Exception):

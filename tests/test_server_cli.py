@@ -11,7 +11,7 @@ import numpy as np
 
 from client.demo import SoftmaxClient
 from conftest import ROOT, free_port
-from server import FedAvg, ServerResult, run_server
+from server import FedAvg, History, ServerResult, run_server
 
 
 def wait_for_log(proc, text: str, timeout: float = 30) -> None:
@@ -57,7 +57,7 @@ def test_wait_timeout_gives_up_with_exit_3(spawn):
     assert "0 of the 2 required clients connected within 0.5 s" in server.log()
 
 
-def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn):
+def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     reference = SoftmaxClient(partition=0)
     evaluated: list[int] = []
@@ -72,8 +72,9 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
                       on_fit_config_fn=lambda server_round: {"lr": 0.1, "local_epochs": server_round},
                       initial_parameters=reference.get_parameters({}))
     outcome: list[ServerResult] = []
+    history_path = tmp_path / "not" / "yet" / "there" / "history.json"
     thread = threading.Thread(target=lambda: outcome.append(
-        run_server(address=address, strategy=strategy, rounds=2, wait_timeout=30)))
+        run_server(address=address, strategy=strategy, rounds=2, wait_timeout=30, history_path=history_path)))
     thread.start()
     client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
     thread.join(60)
@@ -90,6 +91,7 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
     assert result.history.losses_centralized[2][1] == reference.evaluate(expected, {})[0]
     assert result.history.losses_distributed == []  # fraction_evaluate=0: no client evaluation
     assert [(r.fit_ok, r.evaluate_ok) for r in result.history.rounds] == [(1, 0), (1, 0)]
+    assert History.from_json(history_path.read_text()) == result.history
 
 
 def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn, tmp_path):
