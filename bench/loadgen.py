@@ -125,7 +125,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-async def _run_clients(server: str, clients: int, streams_per_channel: int, duration: float) -> Stats:
+async def _run_clients(server: str, clients: int, streams_per_channel: int, deadline: float) -> Stats:
     stats = Stats(clients=clients)
     options = [
         *message_size_options(),
@@ -136,7 +136,7 @@ async def _run_clients(server: str, clients: int, streams_per_channel: int, dura
                 for _ in range(-(-clients // streams_per_channel))]
     tasks = [asyncio.create_task(_serve_one(channels[i // streams_per_channel], stats))
              for i in range(clients)]
-    _, pending = await asyncio.wait(tasks, timeout=duration)
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -148,12 +148,13 @@ async def _run_clients(server: str, clients: int, streams_per_channel: int, dura
     return stats
 
 
-def run_worker(server: str, clients: int, streams_per_channel: int, duration: float) -> dict:
-    """Entry point of one worker process: hold ``clients`` streams, return their Stats as a dict."""
+def run_worker(server: str, clients: int, streams_per_channel: int, deadline: float) -> dict:
+    """Entry point of one worker process: hold ``clients`` streams until done or ``deadline``
+    (a ``time.monotonic()`` value: Linux's monotonic clock is the same in every process)."""
     # Thousands of live streams keep the cyclic GC busy re-scanning them (~12% of this
     # process's CPU at 500 streams); young collections 70x less often cost only some memory.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    stats = asyncio.run(_run_clients(server, clients, streams_per_channel, duration))
+    stats = asyncio.run(_run_clients(server, clients, streams_per_channel, deadline))
     return stats.as_dict()
 
 
@@ -164,7 +165,9 @@ def run_loadgen(server: str, clients: int, *, processes: int = 1, streams_per_ch
     total = Stats()
     # spawn, not fork: a forked child must not inherit gRPC's internal threads and state.
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_worker, server, share, streams_per_channel, duration)
+        # Counted from now, not from each worker's start: spawning them takes a second or two.
+        deadline = time.monotonic() + duration
+        futures = [pool.submit(run_worker, server, share, streams_per_channel, deadline)
                    for share in shares if share]
         for future in futures:
             result = future.result()

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIENTS = (100, 1000, 5000, 10000)
 SERVERS = ("ours", "flwr")
 POLL_SECONDS = 0.2
-LOADGEN_EXIT_GRACE_SECONDS = 30.0  # the load generator's own deadline equals the run's timeout
+LOADGEN_MARGIN_SECONDS = 2.0  # the load generator's deadline comes this long before the server's
+LOADGEN_EXIT_GRACE_SECONDS = 30.0  # time it may take to stop after its deadline or the last round
 
 
 @dataclass
@@ -69,39 +70,60 @@ def free_port() -> int:
 def run_one(server: str, clients: int, rounds: int, timeout: float, processes: int,
             streams_per_channel: int, log_dir: Path) -> Run:
     """One server against one load generator; both are always stopped before returning."""
-    address = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
     tag = f"{server}-{clients}"
     report = log_dir / f"{tag}.rounds.json"
     load_report = log_dir / f"{tag}.loadgen.json"
     python = sys.executable
     started = time.monotonic()
+    deadline = started + timeout
+    load_proc = None
     with open(log_dir / f"{tag}.server.log", "wb") as server_log, \
          open(log_dir / f"{tag}.loadgen.log", "wb") as load_log:
         server_proc = subprocess.Popen(
             [python, "-m", "bench.servers", server, "--address", address, "--clients", str(clients),
              "--rounds", str(rounds), "--report", str(report)],
             cwd=ROOT, stdout=server_log, stderr=subprocess.STDOUT)
-        # Its own session, so the worker processes it spawns can be stopped with it.
-        load_proc = subprocess.Popen(
-            [python, "-m", "bench.loadgen", "--server", address, "--clients", str(clients),
-             "--processes", str(processes), "--streams-per-channel", str(streams_per_channel),
-             "--duration", str(timeout), "--report", str(load_report)],
-            cwd=ROOT, stdout=load_log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            status, rusage = _wait_or_kill(server_proc.pid, started + timeout)
+            if _wait_listening(port, server_proc.pid, deadline):
+                # The load generator stops itself just before the server would be killed, so its
+                # report describes what the clients saw while the server was still up.
+                duration = max(1.0, deadline - time.monotonic() - LOADGEN_MARGIN_SECONDS)
+                load_proc = subprocess.Popen(
+                    [python, "-m", "bench.loadgen", "--server", address, "--clients", str(clients),
+                     "--processes", str(processes), "--streams-per-channel", str(streams_per_channel),
+                     "--duration", f"{duration:.1f}", "--report", str(load_report)],
+                    cwd=ROOT, stdout=load_log, stderr=subprocess.STDOUT,
+                    start_new_session=True)  # its own group: its worker processes stop with it
+            status, rusage = _wait_or_kill(server_proc.pid, deadline)
             wall = time.monotonic() - started
-            try:
-                load_proc.wait(timeout=max(0.0, started + timeout - time.monotonic())
-                               + LOADGEN_EXIT_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                log.warning("%s: load generator did not stop by itself; killing it", tag)
+            if load_proc is not None:
+                try:
+                    load_proc.wait(timeout=LOADGEN_EXIT_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s: load generator did not stop by itself; killing it", tag)
         finally:
-            _kill_group(load_proc)
-            if server_proc.returncode is None and _alive(server_proc.pid):
+            if load_proc is not None:
+                _kill_group(load_proc)
+            if _alive(server_proc.pid):
                 server_proc.kill()
                 os.wait4(server_proc.pid, 0)
     peak_rss_mb = rusage.ru_maxrss / 1024  # Linux reports kilobytes
     return _summarize(server, clients, rounds, timeout, status, wall, peak_rss_mb, report, load_report)
+
+
+def _wait_listening(port: int, pid: int, deadline: float) -> bool:
+    """True once something accepts connections on ``port``; False if the server exited first."""
+    while time.monotonic() < deadline:
+        # WNOWAIT: only look, so _wait_or_kill can still collect the exit status and rusage.
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return False
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(POLL_SECONDS)
+    return False
 
 
 def _wait_or_kill(pid: int, deadline: float) -> tuple[int | None, os.struct_rusage]:
@@ -134,10 +156,11 @@ def _summarize(server: str, clients: int, rounds: int, timeout: float, status: i
                wall: float, peak_rss_mb: float, report: Path, load_report: Path) -> Run:
     load = json.loads(load_report.read_text()) if load_report.exists() else {}
     errors = load.get("stream_errors", {})
-    error_text = "; ".join(f"{count}x {text}" for text, count in
-                           sorted(errors.items(), key=lambda item: -item[1])[:3])
     if status is None:
-        note = f"did not complete in {timeout:.0f} s" + (f" (clients saw {error_text})" if errors else "")
+        note = f"did not complete in {timeout:.0f} s"
+        if errors:  # the most frequent one says why, e.g. flwr's RESOURCE_EXHAUSTED past 1,000
+            text, count = max(errors.items(), key=lambda item: item[1])
+            note += f" (clients saw {count}x {text})"
         return Run(server, clients, False, None, [], peak_rss_mb, wall, timeout, note)
     if not report.exists():
         note = f"server exited with status {os.waitstatus_to_exitcode(status)} without a report"
