@@ -107,10 +107,12 @@ def test_flwr_client_passes_all_but_the_disconnect_replies_it_never_sends(spawn)
     # loses the reply: the server sees the stream end. Were it delivered, its reason would be
     # RECONNECT for seconds=0 too (flwr's _reconnect). Either way only rows 9 and 13 differ
     # (docs/PROTOCOL.md, "ReconnectIns").
-    lost = "client closed the stream without sending disconnect_res"
+    # Whether its channel close reaches the server as a half-close or as a cancel is a race.
+    lost = {("FAIL", f"client {how} the stream without sending disconnect_res")
+            for how in ("closed", "cancelled")}
     assert failing(rows) <= {9, 13} and 13 in failing(rows), runner.log()
-    assert rows[9] == ("FAIL", lost) or rows[9][1].startswith("DisconnectRes(reason=RECONNECT)")
-    assert rows[13] in (("FAIL", lost), ("FAIL", "reason RECONNECT, expected ACK"))
+    assert rows[9] in lost or rows[9][1].startswith("DisconnectRes(reason=RECONNECT)")
+    assert rows[13] in lost | {("FAIL", "reason RECONNECT, expected ACK")}
     assert rows[11][0] == "PASS"  # it did pause and come back
     assert rows[2][1].startswith("declined: GET_PROPERTIES_NOT_IMPLEMENTED")  # NumPyClient without it
     assert rows[4][1].startswith("OK, 2 tensors float32(3, 2), float32(2,), num_examples=10, metrics {config_keys=6}")
