@@ -208,6 +208,7 @@ def plot(runs: list[Run], path: Path) -> None:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     figure, (time_axis, rss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     for server, marker in (("ours", "o"), ("flwr", "s")):
@@ -220,13 +221,19 @@ def plot(runs: list[Run], path: Path) -> None:
             time_axis.scatter([run.clients for run in stuck], [run.timeout for run in stuck],
                               marker="x", color="red", zorder=3,
                               label=f"{server}: did not complete (plotted at the timeout)")
-        rss_axis.plot([run.clients for run in mine], [run.peak_rss_mb for run in mine],
+        rss_axis.plot([run.clients for run in done], [run.peak_rss_mb for run in done],
                       marker=marker, label=server)
+        if stuck:
+            rss_axis.scatter([run.clients for run in stuck], [run.peak_rss_mb for run in stuck],
+                             marker="x", color="red", zorder=3, label=f"{server}: did not complete")
     time_axis.set(xscale="log", yscale="log", xlabel="concurrent clients N",
                   ylabel="seconds per FedAvg round (fit + evaluate)", title="Round time")
     rss_axis.set(xscale="log", xlabel="concurrent clients N", ylabel="server peak RSS (MB)",
                  title="Server memory")
+    time_axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.5, not 5x10^-1
+    time_axis.yaxis.set_minor_formatter(NullFormatter())
     for axis in (time_axis, rss_axis):
+        axis.xaxis.set_major_formatter(FormatStrFormatter("%d"))
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="values of N (default: %(default)s)")
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
                         help="servers to run, in this order for every N (default: ours flwr)")
-    parser.add_argument("--rounds", type=int, default=2, help="FedAvg rounds per run (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds per run (default 3)")
     parser.add_argument("--timeout", type=float,
                         help="seconds before a run is killed (default: max(90, N/40))")
     parser.add_argument("--processes", type=int, default=2,
