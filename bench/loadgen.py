@@ -80,11 +80,14 @@ class Stats:
         return {**asdict(self), "answered": dict(self.answered), "stream_errors": dict(self.stream_errors)}
 
 
-async def _serve_one(channel: grpc.aio.Channel, stats: Stats) -> None:
-    """One client: join, answer until told we are done, rejoin with backoff if the stream breaks."""
+async def _serve_one(channel: grpc.aio.Channel, stats: Stats, deadline: float) -> None:
+    """One client: join, answer until told we are done, rejoin with backoff if the stream breaks.
+
+    Gives up at ``deadline`` (a ``time.monotonic()`` value) or when its task is cancelled.
+    """
     join = channel.stream_stream(JOIN_METHOD)  # no serializers: raw bytes both ways
     failures = 0
-    while True:
+    while time.monotonic() < deadline:
         session = ClientSession(TrivialModelClient())
         call = join()
         stats.joins += 1
@@ -97,11 +100,16 @@ async def _serve_one(channel: grpc.aio.Channel, stats: Stats) -> None:
                 stats.answered[session.last_received] += 1
                 failures = 0
         except (grpc.RpcError, ConnectionError) as error:
-            stats.stream_errors[_describe(error)] += 1
             call.cancel()
+            # A task cancelled inside call.read() may see the call's CANCELLED status instead
+            # of CancelledError: retrying then would outlive the cancellation, forever.
+            if asyncio.current_task().cancelling():
+                raise asyncio.CancelledError from None
+            stats.stream_errors[_describe(error)] += 1
             failures += 1
             delay = min(FIRST_RETRY_DELAY * 2 ** (failures - 1), MAX_RETRY_DELAY)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: no thundering herd
+            delay *= random.uniform(0.5, 1.0)  # jitter: no thundering herd
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             continue
         if session.state is State.DONE:
             stats.done += 1
@@ -134,10 +142,10 @@ async def _run_clients(server: str, clients: int, streams_per_channel: int, dead
     ]
     channels = [grpc.aio.insecure_channel(server, options=options)
                 for _ in range(-(-clients // streams_per_channel))]
-    tasks = [asyncio.create_task(_serve_one(channels[i // streams_per_channel], stats))
+    tasks = [asyncio.create_task(_serve_one(channels[i // streams_per_channel], stats, deadline))
              for i in range(clients)]
     _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-    for task in pending:
+    for task in pending:  # streams still waiting for the server to say something
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for task in tasks:
