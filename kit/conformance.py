@@ -59,8 +59,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedproto.codec import CodecError, ndarrays_to_parameters, parameters_to_ndarrays, scalars_from_proto, scalars_to_proto
+from fedproto.endpoint import join_handler
 from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, ServerMessage
-from fedproto.wire import JOIN_METHOD, message_size_options
+from fedproto.wire import message_size_options
 
 log = logging.getLogger("fedproto.conformance")
 
@@ -425,12 +426,9 @@ def format_table(rows: list[Row]) -> str:
 async def run(address: str, timeout: float) -> list[Row]:
     """Serve one scripted session on ``address``; returns the table rows."""
     conformance = Conformance(timeout)
-    service, method = JOIN_METHOD.strip("/").split("/")
-    # No (de)serializers: the script sees raw bytes, so an invalid reply is a named failure.
-    handler = grpc.method_handlers_generic_handler(
-        service, {method: grpc.stream_stream_rpc_method_handler(conformance.join)})
+    # Raw bytes (join_handler): an invalid reply is a named failure, not a gRPC crash.
     server = grpc.aio.server(options=message_size_options())
-    server.add_generic_rpc_handlers([handler])
+    server.add_generic_rpc_handlers([join_handler(conformance.join)])
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

@@ -37,6 +37,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedproto.codec import CodecError, scalars_from_proto
+from fedproto.endpoint import join_handler
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage
 from fedproto.wire import JOIN_METHOD, message_size_options
 
@@ -262,11 +263,8 @@ class Relay:
 
 
 async def serve(listen: str, relay: Relay) -> None:
-    service, method = JOIN_METHOD.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(
-        service, {method: grpc.stream_stream_rpc_method_handler(relay.join)})
     server = grpc.aio.server(options=message_size_options())
-    server.add_generic_rpc_handlers([handler])
+    server.add_generic_rpc_handlers([join_handler(relay.join)])
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

@@ -20,6 +20,7 @@ MODULES = [
     "fedproto.codec",
     "fedproto.dispatch",
     "fedproto.wire",
+    "fedproto.endpoint",
     "client",
     "client.app",
     "client.cli",
