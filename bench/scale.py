@@ -10,7 +10,7 @@ after the other so they never share the CPU. Measured per run:
 - seconds per round: the mean of the server's own round clock (configure_fit returned ->
   aggregate_evaluate returned, N fit and N evaluate results), connection time excluded;
 - peak RSS of the server process, from ``os.wait4``'s ``ru_maxrss`` (interpreter and imports
-  included).
+  included), and its CPU time (user + system) for the whole run: start, connecting, rounds, goodbye.
 
 A run still going after its timeout is killed and reported as "did not complete in T s":
 flwr's legacy server serves at most 1,000 streams (its thread pool) and refuses the rest with
@@ -51,6 +51,7 @@ class Run:
     seconds_per_round: float | None  # mean over the rounds; None unless every round completed
     round_seconds: list[float]
     peak_rss_mb: float
+    cpu_seconds: float  # server process user + system time, whole run (connecting included)
     wall_seconds: float
     timeout: float
     note: str  # why a run did not complete, or the failures it counted
@@ -109,8 +110,8 @@ def run_one(server: str, clients: int, rounds: int, timeout: float, processes: i
             if _alive(server_proc.pid):
                 server_proc.kill()
                 os.wait4(server_proc.pid, 0)
-    peak_rss_mb = rusage.ru_maxrss / 1024  # Linux reports kilobytes
-    return _summarize(server, clients, rounds, timeout, status, wall, peak_rss_mb, report, load_report)
+    usage = (rusage.ru_maxrss / 1024, rusage.ru_utime + rusage.ru_stime)  # Linux: ru_maxrss in KiB
+    return _summarize(server, clients, rounds, timeout, status, wall, usage, report, load_report)
 
 
 def _wait_listening(port: int, pid: int, deadline: float) -> bool:
@@ -153,7 +154,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _summarize(server: str, clients: int, rounds: int, timeout: float, status: int | None,
-               wall: float, peak_rss_mb: float, report: Path, load_report: Path) -> Run:
+               wall: float, usage: tuple[float, float], report: Path, load_report: Path) -> Run:
+    peak_rss_mb, cpu_seconds = usage
     load = json.loads(load_report.read_text()) if load_report.exists() else {}
     errors = load.get("stream_errors", {})
     if status is None:
@@ -161,10 +163,10 @@ def _summarize(server: str, clients: int, rounds: int, timeout: float, status: i
         if errors:  # the most frequent one says why, e.g. flwr's RESOURCE_EXHAUSTED past 1,000
             text, count = max(errors.items(), key=lambda item: item[1])
             note += f" (clients saw {count}x {text})"
-        return Run(server, clients, False, None, [], peak_rss_mb, wall, timeout, note)
+        return Run(server, clients, False, None, [], peak_rss_mb, cpu_seconds, wall, timeout, note)
     if not report.exists():
         note = f"server exited with status {os.waitstatus_to_exitcode(status)} without a report"
-        return Run(server, clients, False, None, [], peak_rss_mb, wall, timeout, note)
+        return Run(server, clients, False, None, [], peak_rss_mb, cpu_seconds, wall, timeout, note)
     measured = json.loads(report.read_text())["rounds"]
     seconds = [entry["seconds"] for entry in measured if "seconds" in entry]
     complete = len(seconds) == rounds and all(
@@ -174,20 +176,21 @@ def _summarize(server: str, clients: int, rounds: int, timeout: float, status: i
     if failures:
         note = f"{failures} client failures counted; {note}".rstrip("; ")
     mean = round(sum(seconds) / len(seconds), 3) if complete else None
-    return Run(server, clients, complete, mean, seconds, peak_rss_mb, wall, timeout, note)
+    return Run(server, clients, complete, mean, seconds, peak_rss_mb, cpu_seconds, wall, timeout, note)
 
 
 def format_table(runs: list[Run]) -> str:
     """Markdown table: one row per N, ours and flwr side by side."""
     by_key = {(run.server, run.clients): run for run in runs}
-    lines = ["| N | ours s/round | flwr s/round | flwr / ours | ours peak RSS | flwr peak RSS |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| N | ours s/round | flwr s/round | flwr / ours | ours peak RSS | flwr peak RSS "
+             "| ours CPU s | flwr CPU s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in sorted({run.clients for run in runs}):
         ours, flwr = by_key.get(("ours", clients)), by_key.get(("flwr", clients))
         ratio = (f"{flwr.seconds_per_round / ours.seconds_per_round:.1f}x"
                  if ours and flwr and ours.completed and flwr.completed else "—")
         lines.append(f"| {clients} | {_cell(ours)} | {_cell(flwr)} | {ratio} | "
-                     f"{_rss(ours)} | {_rss(flwr)} |")
+                     f"{_rss(ours)} | {_rss(flwr)} | {_cpu(ours)} | {_cpu(flwr)} |")
     return "\n".join(lines)
 
 
@@ -201,6 +204,10 @@ def _cell(run: Run | None) -> str:
 
 def _rss(run: Run | None) -> str:
     return f"{run.peak_rss_mb:.0f} MB" if run else "not run"
+
+
+def _cpu(run: Run | None) -> str:
+    return f"{run.cpu_seconds:.1f}" if run else "not run"
 
 
 def plot(runs: list[Run], path: Path) -> None:
