@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import multiprocessing
@@ -184,6 +185,43 @@ def run_loadgen(server: str, clients: int, *, processes: int = 1, streams_per_ch
     return total
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1, else a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0, else a usage error naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def loopback_address(text: str) -> str:
+    """argparse type: HOST:PORT on this machine only (the generator is a local test tool)."""
+    host, separator, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not separator or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not loopback:
+        raise argparse.ArgumentTypeError(f"loopback only (127.0.0.1, ::1, localhost), got {host!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.loadgen",
@@ -194,12 +232,15 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m bench.loadgen --server 127.0.0.1:8080 --clients 10000 --processes 2 "
                "--duration 300 --report load.json",
     )
-    parser.add_argument("--server", required=True, help="HOST:PORT of the server (loopback)")
-    parser.add_argument("--clients", type=int, required=True, help="number of concurrent streams")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--streams-per-channel", type=int, default=100,
+    parser.add_argument("--server", type=loopback_address, required=True,
+                        help="HOST:PORT of the server, on this machine")
+    parser.add_argument("--clients", type=positive_int, required=True,
+                        help="number of concurrent streams")
+    parser.add_argument("--processes", type=positive_int, default=1,
+                        help="worker processes (default 1)")
+    parser.add_argument("--streams-per-channel", type=positive_int, default=100,
                         help="Join streams sharing one channel / TCP connection (default 100)")
-    parser.add_argument("--duration", type=float, default=120.0,
+    parser.add_argument("--duration", type=positive_float, default=120.0,
                         help="stop after this many seconds even if not done (default 120)")
     parser.add_argument("--report", help="also write the counts as JSON to this file")
     args = parser.parse_args(argv)

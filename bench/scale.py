@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.loadgen import positive_float, positive_int
+
 log = logging.getLogger("bench.scale")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,16 +260,16 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m bench.scale --clients 100 1000 --rounds 1 --out /tmp/scale\n"
                "  python -m bench.scale --clients 10000 --servers ours --timeout 300",
     )
-    parser.add_argument("--clients", type=int, nargs="+", default=list(DEFAULT_CLIENTS),
+    parser.add_argument("--clients", type=positive_int, nargs="+", default=list(DEFAULT_CLIENTS),
                         help="values of N (default: %(default)s)")
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
                         help="servers to run, in this order for every N (default: ours flwr)")
-    parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds per run (default 3)")
-    parser.add_argument("--timeout", type=float,
+    parser.add_argument("--rounds", type=positive_int, default=3, help="FedAvg rounds per run (default 3)")
+    parser.add_argument("--timeout", type=positive_float,
                         help="seconds before a run is killed (default: max(90, N/40))")
-    parser.add_argument("--processes", type=int, default=2,
+    parser.add_argument("--processes", type=positive_int, default=2,
                         help="load generator worker processes (default 2: one per core)")
-    parser.add_argument("--streams-per-channel", type=int, default=100,
+    parser.add_argument("--streams-per-channel", type=positive_int, default=100,
                         help="Join streams per client channel / TCP connection (default 100)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
                         help="folder for scale.json and scale.png (default bench/results)")

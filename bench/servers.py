@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from bench.loadgen import MODEL_SIZE
+from bench.loadgen import MODEL_SIZE, loopback_address, positive_int
 
 
 class RoundClock:
@@ -119,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                "--rounds 2 --report ours.json",
     )
     parser.add_argument("server", choices=sorted(RUNNERS), help="which server to run")
-    parser.add_argument("--address", required=True, help="HOST:PORT to listen on (loopback)")
-    parser.add_argument("--clients", type=int, required=True, help="N: min fit/evaluate/available")
-    parser.add_argument("--rounds", type=int, default=2, help="FedAvg rounds (default 2)")
+    parser.add_argument("--address", type=loopback_address, required=True,
+                        help="HOST:PORT to listen on, on this machine")
+    parser.add_argument("--clients", type=positive_int, required=True,
+                        help="N: min fit/evaluate/available")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="FedAvg rounds (default 2)")
     parser.add_argument("--report", required=True, help="write the round timings here (JSON)")
     args = parser.parse_args(argv)
     RUNNERS[args.server](args.address, args.clients, args.rounds, args.report)

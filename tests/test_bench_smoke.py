@@ -9,7 +9,10 @@ import json
 import socket
 import time
 
+import pytest
 from conftest import free_port
+
+from bench.loadgen import main as loadgen_main
 
 CLIENTS = 20
 
@@ -52,3 +55,18 @@ def test_loadgen_clients_complete_one_round_on_our_server(spawn, tmp_path):
     assert load["answered"] == {"fit_ins": CLIENTS, "evaluate_ins": CLIENTS, "reconnect_ins": CLIENTS}
     assert load["stream_errors"] == {}
     assert load["joins"] == CLIENTS
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--server", "10.0.0.1:8080", "--clients", "5"],
+     "argument --server: loopback only (127.0.0.1, ::1, localhost), got '10.0.0.1'"),
+    (["--server", "127.0.0.1", "--clients", "5"], "argument --server: expected HOST:PORT, got '127.0.0.1'"),
+    (["--server", "127.0.0.1:8080", "--clients", "0"], "argument --clients: expected a number >= 1, got 0"),
+    (["--server", "127.0.0.1:8080", "--clients", "5", "--duration", "0"],
+     "argument --duration: expected a number > 0, got 0"),
+])
+def test_loadgen_refuses_bad_arguments_before_connecting(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        loadgen_main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
