@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedproto.endpoint import join_handler
 from fedproto.transport_pb2 import ClientMessage
-from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH, message_size_options
+from fedproto.wire import MAX_MESSAGE_LENGTH, message_size_options
 from server.client_manager import ClientManager
 from server.messages import FailureKind
 
@@ -41,8 +42,6 @@ log = logging.getLogger("fedproto.server")
 # next one, and past the hard limit cancels new calls outright (defaults 1000 and 3000): a burst
 # of thousands of clients joining at once would lose joins.
 MAX_PENDING_JOINS = 100_000
-
-SERVICE_NAME, _, METHOD_NAME = JOIN_METHOD.lstrip("/").partition("/")
 
 CLIENT_SIDE_ENDED = ("client ended its side of the stream "
                      "(closed it, or sent a message gRPC refused, e.g. too large)")
@@ -204,8 +203,7 @@ class JoinServicer:
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         # No deserializer/serializer: requests and responses stay bytes (see module docstring).
-        join = grpc.stream_stream_rpc_method_handler(self.join)
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: join})
+        return join_handler(self.join)
 
 
 def server_options(max_message_length: int = MAX_MESSAGE_LENGTH) -> list[tuple[str, int]]:
