@@ -6,6 +6,7 @@
 - ``scale`` (``bench.scale``): N = 100 ... 10,000 concurrent clients, seconds per FedAvg round
   and server peak RSS, our server vs ``flwr.server.start_server``. Several minutes.
 - ``client_rss`` (``bench.client_rss``): peak RSS of our edge client vs flwr's client.
+- ``codec`` (``bench.codec``): .npy tensor decoding, fedproto's codec vs numpy's reader vs flwr's.
 
 Each benchmark prints its own table; ``python -m bench.<name> --help`` lists its options.
 """
@@ -20,7 +21,7 @@ from importlib import import_module
 
 log = logging.getLogger("bench.run")
 
-BENCHMARKS = ("scale", "client_rss")
+BENCHMARKS = ("scale", "client_rss", "codec")
 
 
 def main(argv: list[str] | None = None) -> int:

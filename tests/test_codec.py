@@ -222,6 +222,36 @@ def test_tensor_round_trip_keeps_dtype_shape_and_byte_order(name):
     np.testing.assert_array_equal(back, array)
 
 
+# Beyond TENSORS: structured, unicode, complex, fp16, strided and zero-itemsize arrays.
+DECODE_CASES = {
+    **TENSORS,
+    "float16": np.array([0.5, -2.0, 65504.0], dtype=np.float16),
+    "complex128": np.array([1 + 2j, -3.5j]),
+    "unicode": np.array(["héllo", "wörld"]),
+    "bytes_S3": np.array([b"abc", b"de"]),
+    "zero_itemsize": np.zeros(4, dtype="S0"),
+    "structured": np.array([(1, 2.5), (3, -1.0)], dtype=[("count", "<i8"), ("value", ">f8")]),
+    "transposed_view": np.arange(24, dtype=np.int16).reshape(2, 3, 4).transpose(2, 0, 1),
+    "fortran_3d_big_endian": np.asfortranarray(np.arange(24, dtype=">i4").reshape(2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODE_CASES))
+def test_decoding_equals_numpy_load(name):
+    """bytes_to_ndarray copies the data with frombuffer; numpy.load (flwr's decoder) is the reference."""
+    data = npy(DECODE_CASES[name])
+    ours, reference = bytes_to_ndarray(data), np.load(io.BytesIO(data), allow_pickle=False)
+    assert ours.dtype == reference.dtype and ours.dtype.str == reference.dtype.str
+    assert ours.shape == reference.shape
+    assert ours.strides == reference.strides
+    assert (ours.flags.c_contiguous, ours.flags.f_contiguous) == (
+        reference.flags.c_contiguous, reference.flags.f_contiguous)
+    assert ours.flags.writeable
+    assert not np.shares_memory(ours, np.frombuffer(data, np.uint8))  # a copy, not a view of the message
+    assert ours.tobytes(order="A") == reference.tobytes(order="A")
+    assert ndarray_to_bytes(ours) == data  # and it encodes back to the very same bytes
+
+
 def test_parameters_cross_decode_with_flwr():
     ours = ndarrays_to_parameters(ARRAYS)
     assert ours.tensor_type == TENSOR_TYPE == "numpy.ndarray"
