@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
+from client.cli import positive_int
 from fedproto.dispatch import ClientSession, State
 from fedproto.wire import JOIN_METHOD, message_size_options
 
@@ -183,17 +184,6 @@ def run_loadgen(server: str, clients: int, *, processes: int = 1, streams_per_ch
             total.merge(Stats(result["clients"], result["done"], Counter(result["answered"]),
                               Counter(result["stream_errors"]), result["joins"]))
     return total
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1, else a usage error naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def positive_float(text: str) -> float:

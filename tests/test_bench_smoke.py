@@ -61,7 +61,7 @@ def test_loadgen_clients_complete_one_round_on_our_server(spawn, tmp_path):
     (["--server", "10.0.0.1:8080", "--clients", "5"],
      "argument --server: loopback only (127.0.0.1, ::1, localhost), got '10.0.0.1'"),
     (["--server", "127.0.0.1", "--clients", "5"], "argument --server: expected HOST:PORT, got '127.0.0.1'"),
-    (["--server", "127.0.0.1:8080", "--clients", "0"], "argument --clients: expected a number >= 1, got 0"),
+    (["--server", "127.0.0.1:8080", "--clients", "0"], "argument --clients: expected a whole number >= 1, got '0'"),
     (["--server", "127.0.0.1:8080", "--clients", "5", "--duration", "0"],
      "argument --duration: expected a number > 0, got 0"),
 ])
