@@ -18,11 +18,12 @@ from fedproto.codec import (
     scalars_to_proto,
 )
 from fedproto.dispatch import ClientSession, ProtocolError, State
+from fedproto.errors import FedprotoError
 from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, Scalar, ServerMessage, Status
 from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH
 
 __all__ = [
-    "JOIN_METHOD", "MAX_MESSAGE_LENGTH", "ClientMessage", "ClientSession", "Code", "CodecError",
+    "JOIN_METHOD", "MAX_MESSAGE_LENGTH", "ClientMessage", "ClientSession", "Code", "CodecError", "FedprotoError",
     "Parameters", "ProtocolError", "Reason", "Scalar", "ServerMessage", "State", "Status",
     "bytes_to_ndarray", "ndarray_to_bytes", "ndarrays_to_parameters", "parameters_to_ndarrays",
     "scalar_from_proto", "scalar_to_proto", "scalars_from_proto", "scalars_to_proto",

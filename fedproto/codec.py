@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fedproto.errors import FedprotoError
 from fedproto.transport_pb2 import Parameters, Scalar
 
 TENSOR_TYPE = "numpy.ndarray"
@@ -36,7 +37,7 @@ UINT64_MAX = 2**64 - 1
 ScalarValue = bool | bytes | float | int | str
 
 
-class CodecError(ValueError):
+class CodecError(FedprotoError, ValueError):
     """A value that cannot cross the wire; ``field`` says where, ``reason`` says why."""
 
     def __init__(self, field: str, reason: str) -> None:

@@ -61,6 +61,7 @@ from fedproto.codec import (
     scalars_from_proto,
     scalars_to_proto,
 )
+from fedproto.errors import FedprotoError
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage, Status
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class State(enum.Enum):
     DONE = "done"  # answered ReconnectIns(seconds = 0): close and stop
 
 
-class ProtocolError(Exception):
+class ProtocolError(FedprotoError):
     """The server sent something that is not a valid instruction; the stream must end."""
 
 
