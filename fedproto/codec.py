@@ -2,12 +2,28 @@
 
 - A tensor is one complete .npy file written by ``numpy.save(..., allow_pickle=False)``;
   ``Parameters.tensor_type`` is ``"numpy.ndarray"``. Decoding reads the .npy header with
-  ``numpy.lib.format`` and checks it before allocating anything: exactly one array (no .npz),
-  no object dtype (no pickle), and exactly as many data bytes as the header announces.
+  ``numpy.lib.format`` and checks it before allocating anything (:func:`read_npy_header`):
+  exactly one array (no .npz), an allowed dtype, a bounded shape, and exactly as many data
+  bytes as the header announces.
 - A Scalar is one of six kinds. Python ``bool`` -> bool, ``bytes`` -> bytes, ``float`` ->
   double, ``str`` -> string, ``int`` -> sint64 (uint64 above 2**63-1, as flwr does).
   NumPy scalars (``np.float32(0.5)``, ``np.int64(3)``, ``np.bool_``) are accepted and sent
   as the matching Python kind. Decoding gives bool, bytes, float, str or int (uint64 too).
+
+The one rule for tensors: any input either decodes to a plain numeric/bool ndarray of at most
+``MAX_MESSAGE_LENGTH`` bytes, or raises :class:`CodecError` naming the field, whatever numpy
+would have raised (ValueError, OverflowError, TypeError, tokenize.TokenError, SyntaxError,
+MemoryError, ...). The dtypes a model may carry (:data:`ALLOWED_DTYPE_KINDS`), in either byte
+order:
+
+- bool (``b1``), signed and unsigned ints of 1, 2, 4 or 8 bytes, float16/32/64;
+- complex64 and complex128: fixed-size pairs of IEEE floats that numpy averages like any other
+  number (a porter reads them as two floats), so nothing about them is unsafe;
+- refused: float128/longdouble and complex256 (their layout is the platform's: 80-bit x87
+  padded to 16 bytes on x86, IEEE quad on aarch64, absent on MSVC, so the same bytes mean
+  different numbers on different peers), sub-array and structured/void dtypes, zero-itemsize
+  dtypes, bytes/unicode strings, datetime/timedelta and object (pickle). Encoding refuses the
+  same dtypes, so what fedproto sends it also accepts.
 
 Every failure is a :class:`CodecError` naming the field, e.g.
 ``FitIns.parameters.tensors[2]: object arrays are not accepted``.
@@ -18,17 +34,29 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from fedproto.errors import FedprotoError
 from fedproto.transport_pb2 import Parameters, Scalar
+from fedproto.wire import MAX_MESSAGE_LENGTH
 
 TENSOR_TYPE = "numpy.ndarray"
 
 NPY_FORMAT = np.lib.format
 NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive is a zip file
+
+# dtype kind -> the item sizes a model tensor may have (bool, int, uint, float, complex).
+ALLOWED_DTYPE_KINDS = {
+    "b": (1,),
+    "i": (1, 2, 4, 8),
+    "u": (1, 2, 4, 8),
+    "f": (2, 4, 8),
+    "c": (8, 16),
+}
+MAX_DIMENSIONS = 32  # numpy 1.x's limit (2.x allows 64); no model tensor comes near it
 
 SINT64_MIN = -(2**63)
 SINT64_MAX = 2**63 - 1
@@ -49,27 +77,68 @@ class CodecError(FedprotoError, ValueError):
 # ---------------------------------------------------------------------------- tensors
 
 
+class NpyHeader(NamedTuple):
+    """What a checked .npy header announces; the data starts at ``data_offset``."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+
+
+def dtype_refusal(dtype: np.dtype) -> str | None:
+    """Why ``dtype`` may not carry a model tensor, or None if it may."""
+    if dtype.hasobject:
+        return "object arrays are not accepted"
+    if dtype.subdtype is not None:
+        return f"sub-array dtype {dtype.str} {dtype.shape} is not accepted"
+    if dtype.names is not None:
+        return f"structured dtype {dtype.descr} is not accepted"
+    sizes = ALLOWED_DTYPE_KINDS.get(dtype.kind)
+    if sizes is None:
+        return f"dtype {dtype.str} is not accepted (only bool, int, uint, float, complex)"
+    if dtype.itemsize not in sizes:
+        return f"dtype {dtype.str} is not accepted (item size {dtype.itemsize} not in {list(sizes)})"
+    return None
+
+
+def shape_refusal(shape: tuple[int, ...], itemsize: int) -> str | None:
+    """Why an array of ``shape`` may not be built, or None; checked before anything is allocated.
+
+    The product of the non-zero dimensions bounds every dimension, so an empty array such as
+    ``(0, 10**30)`` is refused too (numpy would raise "array is too big").
+    """
+    if len(shape) > MAX_DIMENSIONS:
+        return f"{len(shape)} dimensions (at most {MAX_DIMENSIONS})"
+    nbytes = itemsize
+    for size in shape:
+        if type(size) is not int or size < 0:  # bool is an int to numpy's header check
+            return f"shape {shape} is not a tuple of non-negative ints"
+        nbytes *= max(size, 1)
+        if nbytes > MAX_MESSAGE_LENGTH:
+            return f"shape {shape} is over the {MAX_MESSAGE_LENGTH}-byte message limit"
+    return None
+
+
 def ndarray_to_bytes(array: np.ndarray, field: str = "tensor") -> bytes:
     """One ndarray -> the bytes of one .npy file (what flwr puts in Parameters.tensors)."""
     if not isinstance(array, np.ndarray):
         raise CodecError(field, f"expected a numpy.ndarray, got {type(array).__name__}")
-    if array.dtype.hasobject:
-        raise CodecError(field, "object arrays are not accepted")
+    refusal = dtype_refusal(array.dtype) or shape_refusal(array.shape, array.dtype.itemsize)
+    if refusal:
+        raise CodecError(field, refusal)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
-def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
-    """The bytes of one .npy file -> ndarray.
+def read_npy_header(data: bytes, field: str = "tensor") -> NpyHeader:
+    """Check one .npy file without building its array; every refusal is a CodecError.
 
-    The header is read (``numpy.lib.format``) and checked before any array memory is
-    allocated: pickled (object) arrays, .npz archives, bad headers, truncated data and trailing
-    bytes are all refused with a reason. The data is then copied out of ``data`` with
-    ``numpy.frombuffer`` instead of handing the bytes to ``numpy.lib.format.read_array``, which
-    would parse the header a second time (the parse dominates for small tensors: see
-    ``bench/codec.py``). The result equals ``numpy.load``'s: dtype, shape, memory order,
-    values, writable (``tests/test_codec.py::test_decoding_equals_numpy_load``).
+    Checked in order: not an .npz archive, the magic, the format version, the header parse
+    (whatever numpy raises on a crafted header becomes a CodecError), the dtype
+    (:func:`dtype_refusal`), the shape (:func:`shape_refusal`), and that exactly the announced
+    number of data bytes follows the header.
     """
     if data.startswith(ZIP_MAGIC):  # what np.savez writes; np.load would accept it
         raise CodecError(field, "expected one .npy array, got an .npz archive")
@@ -88,13 +157,16 @@ def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
             shape, fortran_order, dtype = NPY_FORMAT.read_array_header_1_0(buffer)
         else:
             shape, fortran_order, dtype = NPY_FORMAT.read_array_header_2_0(buffer)
-    except Exception as error:  # numpy's header parser raises ValueError, EOFError, TokenError...
+    except Exception as error:  # ValueError, EOFError, TokenError, SyntaxError, MemoryError...
         raise CodecError(field, f"bad .npy header ({type(error).__name__}: {error})") from None
     if dtype.hasobject:
         raise CodecError(field, "object arrays are not accepted (pickled .npy)")
+    refusal = dtype_refusal(dtype)
+    if refusal:
+        raise CodecError(field, refusal)
     if any(size < 0 for size in shape):
         raise CodecError(field, f"bad .npy header (negative size in shape {shape})")
-    expected = math.prod(shape) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # a Python int: no overflow
     available = len(data) - buffer.tell()
     if available < expected:
         raise CodecError(
@@ -102,12 +174,32 @@ def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
         )
     if available > expected:
         raise CodecError(field, f"{available - expected} unexpected bytes after the .npy data")
-    if expected == 0:  # no data to copy: numpy builds the empty array (rare, so parse again)
-        buffer.seek(0)
-        return NPY_FORMAT.read_array(buffer, allow_pickle=False)
-    order = "F" if fortran_order else "C"
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=buffer.tell())
-    return flat.reshape(shape, order=order).copy(order=order)
+    refusal = shape_refusal(shape, dtype.itemsize)  # e.g. (0, 10**30): no data, yet unbuildable
+    if refusal:
+        raise CodecError(field, f"bad .npy header ({refusal})")
+    return NpyHeader(dtype, shape, fortran_order, buffer.tell())
+
+
+def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
+    """The bytes of one .npy file -> ndarray.
+
+    :func:`read_npy_header` checks everything before any array memory is allocated. The data
+    is then copied out of ``data`` with ``numpy.frombuffer`` instead of handing the bytes to
+    ``numpy.lib.format.read_array``, which would parse the header a second time (the parse
+    dominates for small tensors: see ``bench/codec.py``). The result equals ``numpy.load``'s:
+    dtype, shape, memory order, values, writable
+    (``tests/test_codec.py::test_decoding_equals_numpy_load``).
+    """
+    header = read_npy_header(data, field)
+    dtype, shape = header.dtype, header.shape
+    try:
+        if math.prod(shape) == 0:  # no data to copy: numpy builds the empty array (rare, so parse again)
+            return NPY_FORMAT.read_array(io.BytesIO(data), allow_pickle=False)
+        order = "F" if header.fortran_order else "C"
+        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header.data_offset)
+        return flat.reshape(shape, order=order).copy(order=order)
+    except Exception as error:  # the header was checked; this is a numpy limit we did not foresee
+        raise CodecError(field, f"cannot build the array ({type(error).__name__}: {error})") from None
 
 
 def ndarrays_to_parameters(

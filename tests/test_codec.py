@@ -22,10 +22,12 @@ from flwr.proto import transport_pb2 as flwr_pb2
 from fedproto.codec import (
     TENSOR_TYPE,
     CodecError,
+    NpyHeader,
     bytes_to_ndarray,
     ndarray_to_bytes,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
+    read_npy_header,
     scalar_from_proto,
     scalar_to_proto,
     scalars_from_proto,
@@ -222,15 +224,15 @@ def test_tensor_round_trip_keeps_dtype_shape_and_byte_order(name):
     np.testing.assert_array_equal(back, array)
 
 
-# Beyond TENSORS: structured, unicode, complex, fp16, strided and zero-itemsize arrays.
+# Beyond TENSORS: complex, fp16 and strided arrays. Structured, unicode, bytes and
+# zero-itemsize arrays are refused since issue 9 (test_refused_dtypes_are_codec_errors_both_ways).
 DECODE_CASES = {
     **TENSORS,
     "float16": np.array([0.5, -2.0, 65504.0], dtype=np.float16),
     "complex128": np.array([1 + 2j, -3.5j]),
-    "unicode": np.array(["héllo", "wörld"]),
-    "bytes_S3": np.array([b"abc", b"de"]),
-    "zero_itemsize": np.zeros(4, dtype="S0"),
-    "structured": np.array([(1, 2.5), (3, -1.0)], dtype=[("count", "<i8"), ("value", ">f8")]),
+    "complex64_big_endian": np.array([1 + 2j, -3.5j], dtype=">c8"),
+    "int8": np.array([-128, 0, 127], dtype=np.int8),
+    "uint64_big_endian": np.array([0, 2**64 - 1], dtype=">u8"),
     "transposed_view": np.arange(24, dtype=np.int16).reshape(2, 3, 4).transpose(2, 0, 1),
     "fortran_3d_big_endian": np.asfortranarray(np.arange(24, dtype=">i4").reshape(2, 3, 4)),
 }
@@ -430,3 +432,119 @@ def test_unencodable_tensors_are_refused(arrays, field, reason):
     with pytest.raises(CodecError) as caught:
         ndarrays_to_parameters(arrays, "FitRes.parameters")
     assert (caught.value.field, caught.value.reason) == (field, reason)
+
+
+# ------------------------------------------------- hostile .npy headers and dtypes (issue 9)
+
+
+def raw_npy(descr: str, shape: str, data: bytes = b"", fortran_order: str = "False") -> bytes:
+    """A version 1.0 .npy file whose header text is written by hand, so any literal can go in."""
+    header = f"{{'descr': {descr}, 'fortran_order': {fortran_order}, 'shape': {shape}, }}"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + data
+
+
+# Each was a ValueError / OverflowError / TypeError / TokenError out of numpy, or an array that
+# decoded and then broke aggregation; now a CodecError with this reason.
+HOSTILE_HEADERS = {
+    "sub_array_dtype": (raw_npy("('<f4', (2,))", "(3,)", bytes(24)),
+                        "sub-array dtype |V8 (2,) is not accepted"),
+    "sub_array_dtype_huge": (raw_npy(repr(("<f4", (2**40,))), "(1,)", bytes(8)),
+                             "bad .npy header (ValueError: "),
+    "zero_itemsize_bytes": (raw_npy("'|S0'", repr((10**12,))),
+                            "dtype |S0 is not accepted (only bool, int, uint, float, complex)"),
+    "zero_itemsize_void": (raw_npy("'|V0'", "(4,)"),
+                           "dtype |V0 is not accepted (only bool, int, uint, float, complex)"),
+    "void": (raw_npy("'|V8'", "(2,)", bytes(16)),
+             "dtype |V8 is not accepted (only bool, int, uint, float, complex)"),
+    "structured": (raw_npy("[('a', '<i8'), ('b', '>f8')]", "(1,)", bytes(16)),
+                   "structured dtype [('a', '<i8'), ('b', '>f8')] is not accepted"),
+    "unicode": (raw_npy("'<U5'", "(2,)", bytes(40)),
+                "dtype <U5 is not accepted (only bool, int, uint, float, complex)"),
+    "bytes": (raw_npy("'|S3'", "(2,)", bytes(6)),
+              "dtype |S3 is not accepted (only bool, int, uint, float, complex)"),
+    "datetime": (raw_npy("'<M8[s]'", "(1,)", bytes(8)),
+                 "dtype <M8[s] is not accepted (only bool, int, uint, float, complex)"),
+    "timedelta": (raw_npy("'>m8[ns]'", "(1,)", bytes(8)),
+                  "dtype >m8[ns] is not accepted (only bool, int, uint, float, complex)"),
+    "longdouble": (raw_npy("'<f16'", "(1,)", bytes(16)),
+                   "dtype <f16 is not accepted (item size 16 not in [2, 4, 8])"),
+    "complex256": (raw_npy("'<c32'", "(1,)", bytes(32)),
+                   "dtype <c32 is not accepted (item size 32 not in [8, 16])"),
+    "object_without_pickle_data": (raw_npy("'|O'", "(1,)", bytes(8)),
+                                   "object arrays are not accepted (pickled .npy)"),
+    "empty_but_product_overflows": (raw_npy("'<f4'", repr((0, 2**62, 2**62))),
+                                    "bad .npy header (shape (0, 4611686018427387904, 4611686018427387904)"
+                                    " is over the 536870912-byte message limit)"),
+    "empty_but_dimension_huge": (raw_npy("'|u1'", repr((10**30, 0))),
+                                 "bad .npy header (shape (1000000000000000000000000000000, 0)"
+                                 " is over the 536870912-byte message limit)"),
+    "dimension_is_an_expression": (raw_npy("'|u1'", "(2**4,)", bytes(16)),
+                                   "bad .npy header (ValueError: malformed node or string"),
+    "dimensions_beyond_32": (raw_npy("'|u1'", "(" + "1, " * 33 + ")", bytes(1)),
+                             "bad .npy header (33 dimensions (at most 32))"),
+    "bool_dimension": (raw_npy("'<f4'", "(True, 3)", bytes(12)),
+                       "bad .npy header (shape (True, 3) is not a tuple of non-negative ints)"),
+    "untokenizable_header": (GOOD[:10] + b"{garbage}" + GOOD[19:],
+                             "bad .npy header (TokenError: "),
+    "fortran_order_not_bool": (raw_npy("'<f4'", "(1,)", bytes(4), fortran_order="2"),
+                               "bad .npy header (ValueError: fortran_order is not a valid bool: 2)"),
+    "header_not_a_dict": (b"\x93NUMPY\x01\x00\x0a\x00[1, 2, 3]\n",
+                          "bad .npy header (ValueError: Header is not a dictionary: [1, 2, 3])"),
+    "deeply_nested_header": (raw_npy("'<f4'", "(" * 300 + ")" * 300, bytes(4)),
+                             "bad .npy header ("),
+    "version_2_header_over_numpys_limit": (b"\x93NUMPY\x02\x00" + (20000).to_bytes(4, "little") + b" " * 20000,
+                                           "bad .npy header (ValueError: Header info length (20000) is large"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HEADERS))
+def test_hostile_npy_header_is_a_codec_error_naming_the_field(case):
+    data, reason = HOSTILE_HEADERS[case]
+    for decode in (bytes_to_ndarray, read_npy_header):
+        with pytest.raises(CodecError) as caught:
+            decode(data, "FitRes.parameters.tensors[1]")
+        assert caught.value.field == "FitRes.parameters.tensors[1]"
+        assert caught.value.reason.startswith(reason)
+
+
+REFUSED_ARRAYS = {
+    "unicode": np.array(["héllo", "wörld"]),
+    "bytes_S3": np.array([b"abc", b"de"]),
+    "zero_itemsize": np.zeros(4, dtype="S0"),
+    "structured": np.array([(1, 2.5), (3, -1.0)], dtype=[("count", "<i8"), ("value", ">f8")]),
+    "void": np.zeros(2, dtype="V4"),
+    "datetime": np.array(["2026-01-01"], dtype="datetime64[D]"),
+    "timedelta": np.array([5], dtype="timedelta64[s]"),
+    "longdouble": np.zeros(2, dtype=np.longdouble),
+    "clongdouble": np.zeros(2, dtype=np.clongdouble),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_ARRAYS))
+def test_refused_dtypes_are_codec_errors_both_ways(name):
+    array = REFUSED_ARRAYS[name]
+    with pytest.raises(CodecError) as sent:
+        ndarray_to_bytes(array, "FitRes.parameters.tensors[0]")
+    assert sent.value.field == "FitRes.parameters.tensors[0]"
+    assert "is not accepted" in sent.value.reason
+    with pytest.raises(CodecError) as received:  # the same bytes from a peer that sends them anyway
+        bytes_to_ndarray(npy(array), "FitIns.parameters.tensors[0]")
+    assert received.value.reason == sent.value.reason or received.value.reason.startswith("dtype ")
+    assert received.value.field == "FitIns.parameters.tensors[0]"
+
+
+def test_encoding_refuses_an_array_over_the_message_limit():
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float64), shape=(2**27 + 1,), strides=(0,))
+    with pytest.raises(CodecError) as caught:
+        ndarray_to_bytes(huge, "FitRes.parameters.tensors[0]")
+    assert caught.value.reason == "shape (134217729,) is over the 536870912-byte message limit"
+
+
+def test_read_npy_header_reports_what_the_header_announces():
+    array = np.asfortranarray(np.arange(6, dtype=">i4").reshape(2, 3))
+    data = npy(array)
+    header = read_npy_header(data, "t")
+    assert header == NpyHeader(np.dtype(">i4"), (2, 3), True, 128)
+    assert header.dtype.str == ">i4"
+    assert len(data) - header.data_offset == array.nbytes
