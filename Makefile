@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,har,dev]'
 	touch $(STAMP)
 
-# Regenerate fedproto/transport_pb2.py(i) from proto/ (committed; tests check they are current).
+# Regenerate fedproto/*_pb2.py(i) from proto/flwr/proto/*.proto (committed; tests check they are current).
 proto: $(STAMP)
 	$(PY) proto/compile.py fedproto
 

@@ -1,14 +1,21 @@
-"""Compile proto/flwr/proto/transport.proto into fedproto/ with grpcio-tools.
+"""Compile the .proto files under proto/flwr/proto/ into fedproto/ with grpcio-tools.
 
 Usage: python proto/compile.py [DEST_DIR]   (default: fedproto/)
 
-protoc writes its output under the proto's own path (flwr/proto/...), which must stay
-"flwr/proto/transport.proto" so the descriptor is byte-identical to flwr's. We compile into
-a scratch directory and copy the two generated files (module + type stub) to DEST_DIR
-unchanged. No gRPC service stub is generated: every fedproto endpoint exchanges raw bytes
-and decodes them itself (see README, "The contract and the codec").
+protoc writes its output under each proto's own path (flwr/proto/...), and that path must stay
+"flwr/proto/<name>.proto" so the descriptors are byte-identical to flwr's. We compile into a
+scratch directory and copy the generated files (module + type stub) to DEST_DIR. No gRPC
+service stub is generated: every fedproto endpoint exchanges raw bytes and decodes them
+itself (see README, "The contract and the codec").
+
+One edit is made to the generated text: protoc names a dependency by its proto package
+(``from flwr.proto import node_pb2 as ...``), which would import flwr. Each such line is
+rewritten to import our own compiled module (``from fedproto import node_pb2 as ...``); every
+rewritten import must name a file compiled here, so nothing outside the list can slip in. The
+serialized descriptors are untouched (tests/test_contract.py, tests/test_fleet_contract.py).
 """
 
+import re
 import shutil
 import sys
 import tempfile
@@ -17,11 +24,25 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PROTO_FILE = "flwr/proto/transport.proto"
-GENERATED = ("transport_pb2.py", "transport_pb2.pyi")
+# transport.proto is the legacy Join contract; the rest is the Fleet API's import closure
+# (fleet.proto and everything it imports, recursively), in dependency order.
+PROTO_NAMES = ("transport", "node", "error", "recorddict", "heartbeat", "fab", "run", "message",
+               "fleet")
+PROTO_FILES = tuple(f"flwr/proto/{name}.proto" for name in PROTO_NAMES)
+GENERATED = tuple(f"{name}_pb2{suffix}" for name in PROTO_NAMES for suffix in (".py", ".pyi"))
+
+# `from flwr.proto import node_pb2 as flwr_dot_proto_dot_node__pb2` (module) or `... as _node_pb2` (stub).
+_FLWR_IMPORT = re.compile(r"^from flwr\.proto import (\w+)_pb2 as (\w+)$", re.MULTILINE)
 
 
-def compile_proto(dest: Path) -> None:
+def _import_ours(match: re.Match) -> str:
+    name, alias = match.groups()
+    if name not in PROTO_NAMES:
+        raise SystemExit(f"generated code imports flwr.proto.{name}_pb2, which is not compiled here")
+    return f"from fedproto import {name}_pb2 as {alias}"
+
+
+def compile_protos(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         status = protoc.main(
             [
@@ -29,17 +50,21 @@ def compile_proto(dest: Path) -> None:
                 f"--proto_path={PROTO_ROOT}",
                 f"--python_out={scratch}",
                 f"--pyi_out={scratch}",
-                PROTO_FILE,
+                *PROTO_FILES,
             ]
         )
         if status != 0:
             raise SystemExit(f"protoc failed with status {status}")
         dest.mkdir(parents=True, exist_ok=True)
         for name in GENERATED:
-            shutil.copyfile(Path(scratch, "flwr/proto", name), dest / name)
+            text = Path(scratch, "flwr/proto", name).read_text()
+            text = _FLWR_IMPORT.sub(_import_ours, text)
+            if "flwr.proto import" in text:
+                raise SystemExit(f"{name}: an import of flwr.proto was left in the generated code")
+            (dest / name).write_text(text)
 
 
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else PROTO_ROOT.parent / "fedproto"
-    compile_proto(target)
-    print(f"compiled {PROTO_FILE} -> {target}/{{{','.join(GENERATED)}}}")
+    compile_protos(target)
+    print(f"compiled {len(PROTO_FILES)} protos -> {target}/{{{','.join(GENERATED)}}}")
