@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedproto.errors import FedprotoError
+from fedproto.text import bound_text
 from fedproto.transport_pb2 import Parameters, Scalar
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
@@ -158,7 +159,8 @@ def read_npy_header(data: bytes, field: str = "tensor") -> NpyHeader:
         else:
             shape, fortran_order, dtype = NPY_FORMAT.read_array_header_2_0(buffer)
     except Exception as error:  # ValueError, EOFError, TokenError, SyntaxError, MemoryError...
-        raise CodecError(field, f"bad .npy header ({type(error).__name__}: {error})") from None
+        # numpy quotes the header (up to 10,000 peer-chosen chars) in its message: bounded.
+        raise CodecError(field, f"bad .npy header ({type(error).__name__}: {bound_text(str(error))})") from None
     if dtype.hasobject:
         raise CodecError(field, "object arrays are not accepted (pickled .npy)")
     refusal = dtype_refusal(dtype)

@@ -2,17 +2,34 @@
 
 Losses are ``[(round, value), ...]``; metrics are ``{name: [(round, value), ...]}``, as in
 flwr. ``rounds`` adds what flwr's History leaves out: how many clients answered each step and
-why the others did not. ``to_json``/``from_json`` round-trip exactly (bytes metrics included).
+why the others did not.
+
+A History holds text that clients chose, so it is bounded (``fedproto.text``) before it is
+stored or written:
+
+- each ``add_metrics_*`` call keeps at most ``MAX_METRICS`` (64) entries; past that the first
+  64 keys in sorted order are kept and one entry ``"(dropped metrics)"`` holds how many were
+  cut. Keys are cut to 100 characters, str values to 200, bytes values to their first 100
+  bytes (the JSON says how many were left out), all escaped onto one line (``\\n``, ``\\x1b``);
+- a failure's ``cid`` and ``reason`` are bounded the same way (200 characters) when written.
+
+``to_json`` is strict JSON (``allow_nan=False``): JSON has no NaN or Infinity, so a non-finite
+float (a loss or a metric) is written as ``{"float": "NaN"}``, ``{"float": "Infinity"}`` or
+``{"float": "-Infinity"}``; a bytes value as ``{"bytes_hex": "..."}`` (plus
+``"dropped_bytes": N`` when it was cut). ``from_json`` reads both back, so a History whose
+values are within the bounds round-trips exactly (NaN stays NaN).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedproto.codec import ScalarValue
-from server.messages import Failure, FailureKind, Metrics
+from fedproto.text import BYTES_LIMIT, bound_metrics, bound_text
+from fedproto.server_role import Failure, FailureKind, Metrics
 
 Losses = list[tuple[int, float]]
 MetricsHistory = dict[str, list[tuple[int, ScalarValue]]]
@@ -67,20 +84,20 @@ class History:
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps({
-            "losses_distributed": self.losses_distributed,
-            "losses_centralized": self.losses_centralized,
+            "losses_distributed": _losses_to_json(self.losses_distributed),
+            "losses_centralized": _losses_to_json(self.losses_centralized),
             "metrics_distributed_fit": _metrics_to_json(self.metrics_distributed_fit),
             "metrics_distributed": _metrics_to_json(self.metrics_distributed),
             "metrics_centralized": _metrics_to_json(self.metrics_centralized),
             "rounds": [_round_to_json(record) for record in self.rounds],
-        }, indent=indent)
+        }, indent=indent, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> History:
         data = json.loads(text)
         return cls(
-            losses_distributed=[(r, loss) for r, loss in data["losses_distributed"]],
-            losses_centralized=[(r, loss) for r, loss in data["losses_centralized"]],
+            losses_distributed=_losses_from_json(data["losses_distributed"]),
+            losses_centralized=_losses_from_json(data["losses_centralized"]),
             metrics_distributed_fit=_metrics_from_json(data["metrics_distributed_fit"]),
             metrics_distributed=_metrics_from_json(data["metrics_distributed"]),
             metrics_centralized=_metrics_from_json(data["metrics_centralized"]),
@@ -89,17 +106,41 @@ class History:
 
 
 def _add_metrics(target: MetricsHistory, server_round: int, metrics: Metrics) -> None:
-    for name, value in metrics.items():
+    for name, value in bound_metrics(metrics).items():
         target.setdefault(name, []).append((server_round, value))
 
 
-# JSON has no bytes type: a bytes metric is stored as {"bytes_hex": "..."}.
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _float_to_json(value: float) -> Any:
+    if math.isfinite(value):
+        return value
+    return {"float": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
+
+
 def _value_to_json(value: ScalarValue) -> Any:
-    return {"bytes_hex": value.hex()} if isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        if len(value) <= BYTES_LIMIT:
+            return {"bytes_hex": value.hex()}
+        return {"bytes_hex": value[:BYTES_LIMIT].hex(), "dropped_bytes": len(value) - BYTES_LIMIT}
+    if isinstance(value, float):
+        return _float_to_json(value)
+    return value
 
 
 def _value_from_json(value: Any) -> ScalarValue:
+    if isinstance(value, dict) and "float" in value:
+        return NON_FINITE[value["float"]]
     return bytes.fromhex(value["bytes_hex"]) if isinstance(value, dict) else value
+
+
+def _losses_to_json(losses: Losses) -> list[Any]:
+    return [[r, _float_to_json(loss)] for r, loss in losses]
+
+
+def _losses_from_json(data: list[Any]) -> Losses:
+    return [(r, _value_from_json(loss)) for r, loss in data]
 
 
 def _metrics_to_json(metrics: MetricsHistory) -> dict[str, list[Any]]:
@@ -111,7 +152,7 @@ def _metrics_from_json(data: dict[str, list[Any]]) -> MetricsHistory:
 
 
 def _failure_to_json(failure: Failure) -> dict[str, str]:
-    return {"cid": failure.cid, "kind": failure.kind.value, "reason": failure.reason}
+    return {"cid": bound_text(failure.cid), "kind": failure.kind.value, "reason": bound_text(failure.reason)}
 
 
 def _failure_from_json(data: dict[str, str]) -> Failure:

@@ -548,3 +548,11 @@ def test_read_npy_header_reports_what_the_header_announces():
     assert header == NpyHeader(np.dtype(">i4"), (2, 3), True, 128)
     assert header.dtype.str == ">i4"
     assert len(data) - header.data_offset == array.nbytes
+
+
+def test_a_header_quoted_in_the_reason_is_bounded_and_on_one_line():
+    data = raw_npy("'<f4'", "(1,)\n\n" + " " * 9000 + "+ 'x'", bytes(4))
+    with pytest.raises(CodecError) as caught:
+        bytes_to_ndarray(data, "t")
+    assert "\n" not in caught.value.reason
+    assert len(caught.value.reason) < 300
