@@ -59,9 +59,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedproto.codec import CodecError, ndarrays_to_parameters, parameters_to_ndarrays, scalars_from_proto, scalars_to_proto
-from fedproto.endpoint import join_handler
 from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, ServerMessage
 from fedproto.wire import message_size_options
+from server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.conformance")
 

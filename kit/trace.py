@@ -37,9 +37,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedproto.codec import CodecError, scalars_from_proto
-from fedproto.endpoint import join_handler
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage
 from fedproto.wire import JOIN_METHOD, message_size_options
+from server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.trace")
 

@@ -13,11 +13,11 @@
 - ``server.cli``: the ``fedproto-server`` command.
 """
 
+from fedproto.server_role import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
 from server.app import run_server
 from server.client_manager import ClientManager
 from server.history import History, RoundRecord
 from server.loop import ClientsUnavailable, ServerResult
-from server.messages import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
 from server.strategy import FedAdam, FedAvg, FedProx, Strategy
 from server.transport import BindError
 

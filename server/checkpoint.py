@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedproto.server_role import NDArrays
 from server.history import History
-from server.messages import NDArrays
 
 log = logging.getLogger("fedproto.server")
 

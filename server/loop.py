@@ -3,9 +3,9 @@
 One round, as flwr's ``Server.fit`` does it:
 
 1. ``strategy.configure_fit`` picks clients and their FitIns; they are sent concurrently.
-2. Every reply is decoded and checked here, before the strategy sees it. A reply counts as a
+2. Every reply is decoded and checked (``fedproto.server_role``) before the strategy sees it. A reply counts as a
    result only if it is a FitRes with status OK, its tensors are plain .npy, finite and shaped
-   like the global model. Anything else is a :class:`~server.messages.Failure` saying why.
+   like the global model. Anything else is a :class:`~fedproto.server_role.Failure` saying why.
 3. ``strategy.aggregate_fit`` turns the results into the new global parameters.
 4. ``strategy.evaluate`` (centralized, on the server), then configure/send/aggregate evaluate.
 5. The round goes into the History; with a checkpoint directory, parameters + History are saved.
@@ -19,27 +19,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedproto.codec import (
-    CodecError,
-    all_finite,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-    scalars_from_proto,
-    scalars_to_proto,
+from fedproto.server_role import (
+    EvaluateIns,
+    Failure,
+    FitIns,
+    NDArrays,
+    ReplyError,
+    decode_evaluate_res,
+    decode_fit_res,
+    decode_get_parameters_res,
+    encode_evaluate_ins,
+    encode_fit_ins,
+    encode_get_parameters_ins,
+    encode_reconnect_ins,
 )
-from fedproto.transport_pb2 import ClientMessage, Code, ServerMessage
+from fedproto.transport_pb2 import ClientMessage
 from server import checkpoint
 from server.client_manager import ClientManager
 from server.history import History, RoundRecord
-from server.messages import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes, NDArrays
 from server.strategy import Strategy
-from server.transport import ClientProxy, ReplyError
+from server.transport import ClientProxy
 
 log = logging.getLogger("fedproto.server")
 
@@ -99,7 +103,7 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
 
 async def disconnect_all(clients: ClientManager) -> None:
     """Send ReconnectIns(seconds=0) to every connected client: "we are done, do not come back"."""
-    message = ServerMessage(reconnect_ins=ServerMessage.ReconnectIns(seconds=0)).SerializeToString()
+    message = encode_reconnect_ins(0)
     connected = list(clients.all().values())
     replies = await asyncio.gather(
         *(client.request(message, DISCONNECT_TIMEOUT_SECONDS, last=True) for client in connected),
@@ -125,9 +129,9 @@ async def _run_round(
     await _wait_for_clients(strategy, clients, config.wait_timeout)
     instructions = strategy.configure_fit(server_round, parameters, clients)
     if instructions:
-        replies = await _send_all(instructions, "fit_ins", config.round_timeout)
+        replies = await _send_all(instructions, encode_fit_ins, config.round_timeout)
         results, failures = _sort_replies(
-            server_round, "fit", instructions, replies, lambda reply: _decode_fit_res(reply, parameters))
+            server_round, "fit", instructions, replies, lambda reply: decode_fit_res(reply, parameters))
         record.fit_ok, record.fit_failures = len(results), failures
         aggregated, metrics = await asyncio.to_thread(strategy.aggregate_fit, server_round, results, failures)
         if aggregated is not None:
@@ -142,8 +146,8 @@ async def _run_round(
     distributed_loss = None
     instructions = strategy.configure_evaluate(server_round, parameters, clients)
     if instructions:
-        replies = await _send_all(instructions, "evaluate_ins", config.round_timeout)
-        results, failures = _sort_replies(server_round, "evaluate", instructions, replies, _decode_evaluate_res)
+        replies = await _send_all(instructions, encode_evaluate_ins, config.round_timeout)
+        results, failures = _sort_replies(server_round, "evaluate", instructions, replies, decode_evaluate_res)
         record.evaluate_ok, record.evaluate_failures = len(results), failures
         distributed_loss, metrics = await asyncio.to_thread(
             strategy.aggregate_evaluate, server_round, results, failures)
@@ -184,11 +188,11 @@ async def _initial_parameters(strategy: Strategy, clients: ClientManager, config
         log.info("initial parameters from the strategy")
         return parameters
     await _wait_for_clients(strategy, clients, config.wait_timeout)
-    message = ServerMessage(get_parameters_ins=ServerMessage.GetParametersIns()).SerializeToString()
+    message = encode_get_parameters_ins()
     for client in clients.sample(clients.num_available()):
         try:
             reply = await client.request(message, config.round_timeout)
-            parameters = _decode_get_parameters_res(reply)
+            parameters = decode_get_parameters_res(reply)
         except ReplyError as error:
             log.warning("initial parameters from client %s failed: %s: %s", client.cid,
                         error.kind.value, error.reason)
@@ -212,13 +216,13 @@ async def _evaluate_centralized(
 
 
 async def _send_all(
-    instructions: list[tuple[Any, FitIns | EvaluateIns]], field: str, timeout: float | None
+    instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any], bytes], timeout: float | None
 ) -> list[ClientMessage | ReplyError]:
     """Send every instruction at once; each client's reply or the ReplyError that replaced it."""
     encoded: dict[int, bytes] = {}  # strategies usually give every client the same Ins object
     for _, ins in instructions:
         if id(ins) not in encoded:
-            encoded[id(ins)] = _encode_ins(field, ins)
+            encoded[id(ins)] = encode(ins)
 
     async def ask(client: ClientProxy, ins: FitIns | EvaluateIns) -> ClientMessage | ReplyError:
         try:
@@ -227,13 +231,6 @@ async def _send_all(
             return error
 
     return await asyncio.gather(*(ask(client, ins) for client, ins in instructions))
-
-
-def _encode_ins(field: str, ins: FitIns | EvaluateIns) -> bytes:
-    message_type = ServerMessage.FitIns if field == "fit_ins" else ServerMessage.EvaluateIns
-    body = message_type(parameters=ndarrays_to_parameters(ins.parameters, f"{field}.parameters"),
-                        config=scalars_to_proto(ins.config, f"{field}.config"))
-    return ServerMessage(**{field: body}).SerializeToString()
 
 
 def _sort_replies(server_round: int, step: str, instructions: list, replies: list, decode) -> tuple:
@@ -251,78 +248,6 @@ def _sort_replies(server_round: int, step: str, instructions: list, replies: lis
                     server_round, step, client.cid, error.kind.value, error.reason)
         failures.append(Failure(client.cid, error.kind, error.reason))
     return results, failures
-
-
-def _expect(reply: ClientMessage, field: str) -> Any:
-    """The reply's ``field`` body, if it is that kind of reply and its status is OK."""
-    kind = reply.WhichOneof("msg")
-    if kind != field:
-        raise ReplyError(FailureKind.WRONG_REPLY,
-                         f"expected {field}, got {kind or 'a ClientMessage with nothing set'}")
-    body = getattr(reply, field)
-    if body.status.code != Code.OK:
-        code = body.status.code
-        name = Code.Name(code) if code in Code.values() else f"unknown code {code}"
-        raise ReplyError(FailureKind.STATUS, f"{name}: {body.status.message}")
-    return body
-
-
-def _decode_parameters(parameters: Any, field: str) -> NDArrays:
-    try:
-        arrays = parameters_to_ndarrays(parameters, field)
-    except CodecError as error:
-        raise ReplyError(FailureKind.BAD_TENSOR, str(error)) from None
-    for index, array in enumerate(arrays):
-        if not all_finite([array]):
-            raise ReplyError(FailureKind.NON_FINITE, f"{field}.tensors[{index}] holds NaN or Inf")
-    return arrays
-
-
-def _decode_metrics(metrics: Any, field: str) -> dict:
-    try:
-        return scalars_from_proto(metrics, field)
-    except CodecError as error:
-        raise ReplyError(FailureKind.MALFORMED, str(error)) from None
-
-
-def _check_num_examples(num_examples: int, field: str) -> int:
-    if num_examples < 0:
-        raise ReplyError(FailureKind.MALFORMED, f"{field}.num_examples is negative ({num_examples})")
-    return num_examples
-
-
-def _decode_get_parameters_res(reply: ClientMessage) -> NDArrays:
-    body = _expect(reply, "get_parameters_res")
-    return _decode_parameters(body.parameters, "GetParametersRes.parameters")
-
-
-def _decode_fit_res(reply: ClientMessage, global_parameters: NDArrays) -> FitRes:
-    body = _expect(reply, "fit_res")
-    parameters = _decode_parameters(body.parameters, "FitRes.parameters")
-    if global_parameters:
-        _check_shapes(parameters, global_parameters)
-    return FitRes(parameters, _check_num_examples(body.num_examples, "FitRes"),
-                  _decode_metrics(body.metrics, "FitRes.metrics"))
-
-
-def _check_shapes(parameters: NDArrays, global_parameters: NDArrays) -> None:
-    """A FitRes must be shaped like the global model, or averaging it would fail for everyone."""
-    if len(parameters) != len(global_parameters):
-        raise ReplyError(FailureKind.SHAPE_MISMATCH,
-                         f"FitRes.parameters has {len(parameters)} tensors, the model has {len(global_parameters)}")
-    for index, (array, reference) in enumerate(zip(parameters, global_parameters, strict=True)):
-        if array.shape != reference.shape:
-            raise ReplyError(FailureKind.SHAPE_MISMATCH,
-                             f"FitRes.parameters.tensors[{index}] has shape {array.shape}, "
-                             f"the model's is {reference.shape}")
-
-
-def _decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:
-    body = _expect(reply, "evaluate_res")
-    if not np.isfinite(body.loss):
-        raise ReplyError(FailureKind.NON_FINITE, f"EvaluateRes.loss is {body.loss}")
-    return EvaluateRes(float(body.loss), _check_num_examples(body.num_examples, "EvaluateRes"),
-                       _decode_metrics(body.metrics, "EvaluateRes.metrics"))
 
 
 def _write_history(path: Path, history: History) -> None:

@@ -2,7 +2,7 @@
 
 :class:`Strategy` mirrors flwr's ``flwr.server.strategy.Strategy`` method for method, but on
 NumPy arrays: parameters are ``list[np.ndarray]``, configs and metrics are dicts, and failures
-are :class:`~server.messages.Failure` records. :class:`FedAvg` is flwr's FedAvg.
+are :class:`~fedproto.server_role.Failure` records. :class:`FedAvg` is flwr's FedAvg.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedproto.server_role import Config, EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, Metrics, NDArrays
 from server.client_manager import Client, ClientManager
-from server.messages import Config, EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, Metrics, NDArrays
 
 log = logging.getLogger("fedproto.server")
 

@@ -28,13 +28,12 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from fedproto.endpoint import join_handler
+from fedproto.server_role import FailureKind, ReplyError, parse_reply
 from fedproto.transport_pb2 import ClientMessage
 from fedproto.wire import MAX_MESSAGE_LENGTH, message_size_options
 from server.client_manager import ClientManager
-from server.messages import FailureKind
+from server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.server")
 
@@ -45,15 +44,6 @@ MAX_PENDING_JOINS = 100_000
 
 CLIENT_SIDE_ENDED = ("client ended its side of the stream "
                      "(closed it, or sent a message gRPC refused, e.g. too large)")
-
-
-class ReplyError(Exception):
-    """A request to one client did not produce a ClientMessage; ``kind`` says why."""
-
-    def __init__(self, kind: FailureKind, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
 
 
 class BindError(OSError):
@@ -118,14 +108,7 @@ class ClientProxy:
             if last:
                 self._end("server ended the session", FailureKind.STREAM_CLOSED)
                 self._outbox.put_nowait(_Close())
-        client_message = ClientMessage()
-        try:
-            client_message.ParseFromString(data)
-        except DecodeError as error:
-            raise ReplyError(
-                FailureKind.MALFORMED, f"reply is not a ClientMessage ({error}; {len(data)} bytes)"
-            ) from None
-        return client_message
+        return parse_reply(data)
 
     async def serve(self, context: grpc.aio.ServicerContext) -> None:
         """The writer, run as the RPC's handler. Returns (or aborts) when the stream is over."""

@@ -96,7 +96,7 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
 
 def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn, tmp_path):
     from server.checkpoint import load, save_npz
-    from server.messages import FitRes
+    from fedproto.server_role import FitRes
     from server.strategy import FedAdam
 
     address = f"127.0.0.1:{free_port()}"

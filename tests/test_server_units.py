@@ -12,10 +12,10 @@ import pytest
 from flwr.common import FitRes, Status, Code, ndarrays_to_parameters
 from flwr.server.strategy.aggregate import aggregate, aggregate_inplace
 
+from fedproto.server_role import Failure, FailureKind, FitRes as OurFitRes
 from server import checkpoint
 from server.client_manager import ClientManager
 from server.history import History, RoundRecord
-from server.messages import Failure, FailureKind, FitRes as OurFitRes
 from server.strategy import FedAvg, weighted_average, weighted_metrics_average
 
 

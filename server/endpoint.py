@@ -1,5 +1,9 @@
 """gRPC plumbing shared by everything that serves FlowerService.Join: the reference server,
-the conformance runner and the trace relay. The sans-IO modules never import it.
+the conformance runner (``kit.conformance``) and the trace relay (``kit.trace``).
+
+It lives here, not in ``fedproto/``, because the core imports no gRPC; and in ``server/``
+rather than ``kit/`` because all three users are Join *servers*, and the reference server
+must not depend on the tools while the tools may use the server's plumbing.
 """
 
 from __future__ import annotations

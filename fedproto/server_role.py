@@ -1,0 +1,277 @@
+"""The server side of ``FlowerService.Join`` without any I/O: instructions out, typed results in.
+
+The counterpart of :mod:`fedproto.dispatch` (the client side). A transport (``server/transport.py``,
+or your port in another language) writes the bytes of an instruction on a client's Join stream,
+reads one ClientMessage back, and hands its bytes to :func:`parse_reply` and then to the
+``decode_*`` function of what it asked. The result is a typed value (:class:`FitRes`...) or a
+:class:`ReplyError` whose ``kind`` (:class:`FailureKind`) and ``reason`` say why the reply does
+not count; the FL loop records that as a :class:`Failure` of that client. Nothing here opens
+sockets, starts threads or sleeps.
+
+Invariants
+----------
+1. The server speaks first, and each instruction gets exactly one reply, in order. (Timing is the
+   transport's job: a reply that comes too late, or unasked, ends that client's stream.)
+2. A reply counts only if it parses as a ClientMessage, is the kind asked for, carries status OK,
+   every tensor is one plain .npy, no floating-point tensor (or loss) is NaN or Inf, and a FitRes
+   matches the global model (:func:`check_update`, the one place an update is compared with the
+   model). Anything else is a :class:`ReplyError`, never an exception of another type.
+3. A strategy never sees protobuf: results carry NumPy arrays and dicts of Python scalars.
+4. ReconnectIns ends a stream: ``seconds=0`` means "we are done, do not come back", ``seconds>0``
+   "come back after that long". The reply, DisconnectRes, carries only a reason; flwr's server
+   does not act on it, and a client may close its stream without sending it.
+
+Instructions and the replies they expect
+----------------------------------------
+==================  ==================  ===========================  =====================
+instruction         reply (oneof)       decoded by                   result
+==================  ==================  ===========================  =====================
+GetPropertiesIns    get_properties_res  decode_get_properties_res    properties (dict)
+GetParametersIns    get_parameters_res  decode_get_parameters_res    NDArrays
+FitIns              fit_res             decode_fit_res               FitRes
+EvaluateIns         evaluate_res        decode_evaluate_res          EvaluateRes
+ReconnectIns        disconnect_res      decode_disconnect_res        Reason value (int)
+==================  ==================  ===========================  =====================
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from fedproto.codec import (
+    CodecError,
+    ScalarValue,
+    all_finite,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+    scalars_from_proto,
+    scalars_to_proto,
+)
+from fedproto.errors import FedprotoError
+from fedproto.transport_pb2 import ClientMessage, Code, ServerMessage
+
+NDArrays = list[np.ndarray]
+Config = dict[str, ScalarValue]
+Metrics = dict[str, ScalarValue]
+
+
+# ---------------------------------------------------------------------------- what the loop exchanges
+
+
+@dataclass
+class FitIns:
+    parameters: NDArrays
+    config: Config = field(default_factory=dict)
+
+
+@dataclass
+class FitRes:
+    parameters: NDArrays
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateIns:
+    parameters: NDArrays
+    config: Config = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateRes:
+    loss: float
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+class FailureKind(enum.Enum):
+    """Why a client's reply did not count. The value is what logs and History show."""
+
+    STREAM_CLOSED = "stream_closed"  # the Join stream ended (client left, crashed, was killed)
+    TIMEOUT = "timeout"  # no reply within the round timeout; the stream is closed
+    STATUS = "status"  # the reply carries a non-OK Status (e.g. the handler raised)
+    WRONG_REPLY = "wrong_reply"  # a valid ClientMessage, but not the answer to what was asked
+    MALFORMED = "malformed"  # bytes that are not a ClientMessage
+    BAD_TENSOR = "bad_tensor"  # a tensor that is not one plain .npy (pickled, truncated...)
+    NON_FINITE = "non_finite"  # NaN or Inf in the parameters or the loss
+    SHAPE_MISMATCH = "shape_mismatch"  # FitRes tensors not shaped like the global model
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One client that did not deliver a usable reply in a round."""
+
+    cid: str
+    kind: FailureKind
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.cid}: {self.kind.value}: {self.reason}"
+
+
+class ReplyError(FedprotoError):
+    """A client's reply (or its absence) that does not count; ``kind`` says why, ``reason`` how."""
+
+    def __init__(self, kind: FailureKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def enum_name(enum_type: Any, value: int) -> str:
+    """``Code.Name(value)``, or e.g. "unknown code 42": proto3 keeps enum values it does not know."""
+    if value in enum_type.values():
+        return enum_type.Name(value)
+    return f"unknown {enum_type.DESCRIPTOR.name.lower()} {value}"
+
+
+# ---------------------------------------------------------------------------- instructions -> bytes
+
+
+def encode_get_properties_ins(config: Config | None = None) -> bytes:
+    body = ServerMessage.GetPropertiesIns(config=scalars_to_proto(config or {}, "get_properties_ins.config"))
+    return ServerMessage(get_properties_ins=body).SerializeToString()
+
+
+def encode_get_parameters_ins(config: Config | None = None) -> bytes:
+    body = ServerMessage.GetParametersIns(config=scalars_to_proto(config or {}, "get_parameters_ins.config"))
+    return ServerMessage(get_parameters_ins=body).SerializeToString()
+
+
+def encode_fit_ins(ins: FitIns) -> bytes:
+    body = ServerMessage.FitIns(parameters=ndarrays_to_parameters(ins.parameters, "fit_ins.parameters"),
+                                config=scalars_to_proto(ins.config, "fit_ins.config"))
+    return ServerMessage(fit_ins=body).SerializeToString()
+
+
+def encode_evaluate_ins(ins: EvaluateIns) -> bytes:
+    body = ServerMessage.EvaluateIns(parameters=ndarrays_to_parameters(ins.parameters, "evaluate_ins.parameters"),
+                                     config=scalars_to_proto(ins.config, "evaluate_ins.config"))
+    return ServerMessage(evaluate_ins=body).SerializeToString()
+
+
+def encode_reconnect_ins(seconds: int) -> bytes:
+    """``seconds=0``: the session is over; ``seconds>0``: come back after that many seconds."""
+    return ServerMessage(reconnect_ins=ServerMessage.ReconnectIns(seconds=seconds)).SerializeToString()
+
+
+# ---------------------------------------------------------------------------- bytes -> replies
+
+
+def parse_reply(data: bytes) -> ClientMessage:
+    """The bytes of one reply -> ClientMessage; MALFORMED if they are not one."""
+    try:
+        return ClientMessage.FromString(data)
+    except DecodeError as error:
+        raise ReplyError(
+            FailureKind.MALFORMED, f"reply is not a ClientMessage ({error}; {len(data)} bytes)"
+        ) from None
+
+
+def reply_of_kind(reply: ClientMessage, field: str) -> Any:
+    """The reply's ``field`` body (e.g. ``"fit_res"``); WRONG_REPLY if it is another kind."""
+    kind = reply.WhichOneof("msg")
+    if kind != field:
+        raise ReplyError(FailureKind.WRONG_REPLY,
+                         f"expected {field}, got {kind or 'a ClientMessage with nothing set'}")
+    return getattr(reply, field)
+
+
+def check_status(status: Any) -> None:
+    """STATUS unless ``status`` is OK (a client reports a failed or missing handler this way)."""
+    if status.code != Code.OK:
+        raise ReplyError(FailureKind.STATUS, f"{enum_name(Code, status.code)}: {status.message}")
+
+
+def expect(reply: ClientMessage, field: str) -> Any:
+    """The reply's ``field`` body, if it is that kind of reply and its status is OK."""
+    body = reply_of_kind(reply, field)
+    check_status(body.status)
+    return body
+
+
+def decode_tensors(parameters: Any, field: str) -> NDArrays:
+    """Parameters -> NDArrays; BAD_TENSOR names the tensor that is not one plain .npy."""
+    try:
+        return parameters_to_ndarrays(parameters, field)
+    except CodecError as error:
+        raise ReplyError(FailureKind.BAD_TENSOR, str(error)) from None
+
+
+def check_finite(arrays: NDArrays, field: str) -> None:
+    """NON_FINITE if a floating-point tensor holds NaN or Inf: averaged in, it poisons the model."""
+    for index, array in enumerate(arrays):
+        if not all_finite([array]):
+            raise ReplyError(FailureKind.NON_FINITE, f"{field}.tensors[{index}] holds NaN or Inf")
+
+
+def decode_scalars(values: Any, field: str) -> dict[str, ScalarValue]:
+    """A map of Scalars (metrics, properties) -> dict; MALFORMED for a Scalar with no kind set."""
+    try:
+        return scalars_from_proto(values, field)
+    except CodecError as error:
+        raise ReplyError(FailureKind.MALFORMED, str(error)) from None
+
+
+def check_num_examples(num_examples: int, res_name: str) -> int:
+    """The field is an int64 on the wire: a negative count would turn FedAvg's weights around."""
+    if num_examples < 0:
+        raise ReplyError(FailureKind.MALFORMED, f"{res_name}.num_examples is negative ({num_examples})")
+    return num_examples
+
+
+def check_update(parameters: NDArrays, model: NDArrays) -> None:
+    """An update must match the global model tensor for tensor, or averaging it fails for everyone.
+
+    The one place a FitRes is compared with the model (SHAPE_MISMATCH): count, then shapes.
+    """
+    if len(parameters) != len(model):
+        raise ReplyError(FailureKind.SHAPE_MISMATCH,
+                         f"FitRes.parameters has {len(parameters)} tensors, the model has {len(model)}")
+    for index, (array, reference) in enumerate(zip(parameters, model, strict=True)):
+        if array.shape != reference.shape:
+            raise ReplyError(FailureKind.SHAPE_MISMATCH,
+                             f"FitRes.parameters.tensors[{index}] has shape {array.shape}, "
+                             f"the model's is {reference.shape}")
+
+
+def decode_get_properties_res(reply: ClientMessage) -> dict[str, ScalarValue]:
+    body = expect(reply, "get_properties_res")
+    return decode_scalars(body.properties, "GetPropertiesRes.properties")
+
+
+def decode_get_parameters_res(reply: ClientMessage) -> NDArrays:
+    body = expect(reply, "get_parameters_res")
+    arrays = decode_tensors(body.parameters, "GetParametersRes.parameters")
+    check_finite(arrays, "GetParametersRes.parameters")
+    return arrays
+
+
+def decode_fit_res(reply: ClientMessage, model: NDArrays) -> FitRes:
+    """A FitRes answering FitIns(``model``); with no model yet (empty list), any tensors count."""
+    body = expect(reply, "fit_res")
+    parameters = decode_tensors(body.parameters, "FitRes.parameters")
+    check_finite(parameters, "FitRes.parameters")
+    if model:
+        check_update(parameters, model)
+    return FitRes(parameters, check_num_examples(body.num_examples, "FitRes"),
+                  decode_scalars(body.metrics, "FitRes.metrics"))
+
+
+def decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:
+    body = expect(reply, "evaluate_res")
+    if not math.isfinite(body.loss):
+        raise ReplyError(FailureKind.NON_FINITE, f"EvaluateRes.loss is {body.loss}")
+    return EvaluateRes(float(body.loss), check_num_examples(body.num_examples, "EvaluateRes"),
+                       decode_scalars(body.metrics, "EvaluateRes.metrics"))
+
+
+def decode_disconnect_res(reply: ClientMessage) -> int:
+    """The DisconnectRes reason (``Reason.ACK``, ``Reason.RECONNECT``...); it has no status."""
+    return reply_of_kind(reply, "disconnect_res").reason
