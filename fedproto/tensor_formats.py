@@ -1,0 +1,222 @@
+"""Tensor formats keyed on ``Parameters.tensor_type``: one small registry, sans-IO, numpy only.
+
+``Parameters.tensor_type`` names how each entry of ``Parameters.tensors`` is encoded. Two
+formats are built in:
+
+- ``"numpy.ndarray"`` (:data:`NUMPY`, the default): each tensor is one .npy file, as flwr
+  writes it. It carries its own dtype and shape; ``fedproto.codec`` encodes and checks it.
+- ``"cpp_double"`` (:data:`CPP_DOUBLE`): each tensor is the raw bytes of a flat array of
+  IEEE-754 float64, **little-endian**, 8 bytes per element, no header. This is what the
+  ``quickstart-cpp`` client of Flower's C++ SDK sends (it writes the memory of a
+  ``std::vector<double>``, i.e. host byte order, which is little-endian on x86 and ARM; the
+  example's Python strategy reads it with ``struct`` native order): see ``docs/cpp-sdk.md``.
+  The format has no shape and no dtype, so they come from the global model: decoding with a
+  reference array ``like`` gives an array of ``like``'s shape and dtype (a float64 value is
+  rounded to ``like``'s float dtype, as the global model keeps its dtype); without ``like``
+  it gives the flat float64 array. Encoding accepts float16/32/64 arrays of any shape and
+  writes their elements in C (row-major) order. float64 round-trips bit for bit (NaN payloads
+  included); float16/32 values round-trip exactly too, except that a signaling NaN arrives as
+  a quiet NaN (converting it to a double sets the quiet bit).
+
+A porter adds a format with :func:`register`::
+
+    register("my_format", encode, decode)
+
+``encode(array, field) -> bytes`` and ``decode(data, field, like) -> ndarray`` (``like`` is the
+global model's tensor at the same position, or None). Whatever a format's decoder does with
+hostile bytes, :func:`decode_parameters` hands back plain numeric/bool arrays within the size
+limit or raises :class:`~fedproto.codec.CodecError` naming the field: an exception other than
+CodecError, or a result that is not such an array, becomes a CodecError.
+
+NaN and Inf are values like any other to every format (as for .npy); the server checks
+finiteness separately (``fedproto.codec.all_finite``).
+
+This module reads ``fedproto.codec``'s names only when it is called, so the codec may import it
+at its top and delegate ``parameters_to_ndarrays`` / ``ndarrays_to_parameters`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedproto import codec
+from fedproto.transport_pb2 import Parameters
+from fedproto.wire import MAX_MESSAGE_LENGTH
+
+NUMPY = "numpy.ndarray"
+CPP_DOUBLE = "cpp_double"
+
+CPP_DOUBLE_DTYPE = np.dtype("<f8")  # the byte order is fixed here, not left to the host
+
+Encoder = Callable[[np.ndarray, str], bytes]
+Decoder = Callable[[bytes, str, "np.ndarray | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorFormat:
+    """One way of putting a tensor into the bytes of ``Parameters.tensors``."""
+
+    name: str
+    encode: Encoder
+    decode: Decoder
+
+
+_FORMATS: dict[str, TensorFormat] = {}
+
+
+def register(name: str, encode: Encoder, decode: Decoder) -> TensorFormat:
+    """Add a format under ``name`` (the ``tensor_type`` its peers send). Names are unique."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a tensor format needs a non-empty str name, got {name!r}")
+    if name in _FORMATS:
+        raise ValueError(f"tensor format {name!r} is already registered")
+    tensor_format = TensorFormat(name, encode, decode)
+    _FORMATS[name] = tensor_format
+    return tensor_format
+
+
+def unregister(name: str) -> None:
+    """Remove a format added with :func:`register` (the built-in ones stay)."""
+    if name in (NUMPY, CPP_DOUBLE):
+        raise ValueError(f"the built-in tensor format {name!r} cannot be removed")
+    del _FORMATS[name]
+
+
+def registered() -> tuple[str, ...]:
+    """The ``tensor_type`` names this process can decode, built-in ones first."""
+    return tuple(_FORMATS)
+
+
+def get_format(tensor_type: str, field: str = "parameters") -> TensorFormat:
+    """The format named ``tensor_type``; an unknown name is a CodecError on ``field.tensor_type``."""
+    try:
+        return _FORMATS[tensor_type]
+    except (KeyError, TypeError):
+        known = ", ".join(repr(name) for name in _FORMATS)
+        raise codec.CodecError(f"{field}.tensor_type", f"unknown tensor_type {tensor_type!r} (known: {known})") from None
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def encode_parameters(
+    arrays: Iterable[np.ndarray], tensor_type: str = NUMPY, field: str = "parameters",
+    *, out: Parameters | None = None,
+) -> Parameters:
+    """A list of ndarrays -> Parameters in format ``tensor_type``.
+
+    With ``out`` (e.g. ``reply.fit_res.parameters``) the tensors are written straight into that
+    message. Every refusal is a CodecError naming the tensor.
+    """
+    tensor_format = get_format(tensor_type, field)
+    if isinstance(arrays, np.ndarray):
+        raise codec.CodecError(field, "expected a list of ndarrays, got a single ndarray")
+    try:
+        items = list(arrays)
+    except TypeError:
+        raise codec.CodecError(field, f"expected a list of ndarrays, got {type(arrays).__name__}") from None
+    parameters = Parameters() if out is None else out
+    parameters.tensor_type = tensor_type
+    for i, array in enumerate(items):
+        tensor_field = f"{field}.tensors[{i}]"
+        if not isinstance(array, np.ndarray):
+            raise codec.CodecError(tensor_field, f"expected a numpy.ndarray, got {type(array).__name__}")
+        parameters.tensors.append(_call(tensor_format.encode, tensor_format.name, tensor_field, array, tensor_field))
+    return parameters
+
+
+def decode_parameters(
+    parameters: Parameters, field: str = "parameters", like: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Parameters -> list of ndarrays, in the format its ``tensor_type`` names.
+
+    ``like`` is the global model: its i-th array gives a shapeless format the shape and dtype of
+    tensor i, so it must then have exactly as many arrays as there are tensors. An empty
+    Parameters() (no tensors, whatever its tensor_type) is an empty list, as in the codec.
+    """
+    if not parameters.tensors:
+        return []
+    tensor_format = get_format(parameters.tensor_type, field)
+    if like is not None and len(like) != len(parameters.tensors):
+        raise codec.CodecError(
+            f"{field}.tensors", f"{len(parameters.tensors)} tensors, the global model has {len(like)}"
+        )
+    arrays = []
+    for i, data in enumerate(parameters.tensors):
+        tensor_field = f"{field}.tensors[{i}]"
+        reference = None if like is None else like[i]
+        array = _call(tensor_format.decode, tensor_format.name, tensor_field, data, tensor_field, reference)
+        arrays.append(_checked(array, tensor_format.name, tensor_field))
+    return arrays
+
+
+def _call(function: Callable, format_name: str, field: str, *args):
+    """Run a format's encoder or decoder; whatever it raises becomes a CodecError on ``field``."""
+    try:
+        return function(*args)
+    except codec.CodecError:
+        raise
+    except Exception as error:  # a porter's format, or a numpy limit nobody foresaw
+        raise codec.CodecError(field, f"{format_name}: {type(error).__name__}: {error}") from None
+
+
+def _checked(array: object, format_name: str, field: str) -> np.ndarray:
+    """A decoder's result, refused unless it is a plain numeric/bool ndarray within the limit."""
+    if not isinstance(array, np.ndarray):
+        raise codec.CodecError(field, f"{format_name} decoder returned {type(array).__name__}, not an ndarray")
+    refusal = codec.dtype_refusal(array.dtype) or codec.shape_refusal(array.shape, array.dtype.itemsize)
+    if refusal:
+        raise codec.CodecError(field, f"{format_name} decoder: {refusal}")
+    return array
+
+
+# ---------------------------------------------------------------------------- numpy.ndarray
+
+
+def _encode_npy(array: np.ndarray, field: str) -> bytes:
+    return codec.ndarray_to_bytes(array, field)
+
+
+def _decode_npy(data: bytes, field: str, like: np.ndarray | None) -> np.ndarray:
+    # A .npy tensor describes itself; comparing it with the global model is the server's check.
+    return codec.bytes_to_ndarray(data, field)
+
+
+# ---------------------------------------------------------------------------- cpp_double
+
+
+def _encode_cpp_double(array: np.ndarray, field: str) -> bytes:
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
+        raise codec.CodecError(field, f"cpp_double carries float64 only; dtype {array.dtype.str} is not a float16/32/64")
+    if array.size * CPP_DOUBLE_DTYPE.itemsize > MAX_MESSAGE_LENGTH:
+        raise codec.CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
+    with np.errstate(invalid="ignore"):  # a float16 NaN converts to a NaN, quietly
+        return array.astype(CPP_DOUBLE_DTYPE).tobytes(order="C")
+
+
+def _decode_cpp_double(data: bytes, field: str, like: np.ndarray | None) -> np.ndarray:
+    if len(data) > MAX_MESSAGE_LENGTH:
+        raise codec.CodecError(field, f"{len(data)} bytes are over the {MAX_MESSAGE_LENGTH}-byte message limit")
+    if len(data) % CPP_DOUBLE_DTYPE.itemsize:
+        raise codec.CodecError(field, f"cpp_double data of {len(data)} bytes is not a whole number of 8-byte doubles")
+    count = len(data) // CPP_DOUBLE_DTYPE.itemsize
+    if like is not None:
+        if like.dtype.kind != "f":
+            raise codec.CodecError(field, f"cpp_double carries float64; the global model's tensor is {like.dtype.str}")
+        if count != like.size:
+            raise codec.CodecError(
+                field, f"cpp_double data holds {count} doubles; the global model's tensor {like.shape} has {like.size}"
+            )
+    flat = np.frombuffer(data, dtype=CPP_DOUBLE_DTYPE).astype(np.float64)  # a native, writable copy
+    if like is None:
+        return flat
+    # A double beyond float32's range becomes Inf, which the server's finiteness check refuses.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return flat.astype(like.dtype).reshape(like.shape)
+
+
+register(NUMPY, _encode_npy, _decode_npy)
+register(CPP_DOUBLE, _encode_cpp_double, _decode_cpp_double)
