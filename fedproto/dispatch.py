@@ -20,26 +20,33 @@ Invariants
 5. Input that is not a valid ServerMessage (undecodable bytes, no oneof set, a tensor that is
    not a plain .npy) raises :class:`ProtocolError`; the transport must end the stream.
 
-Transitions (state, message received -> reply sent, next state)
----------------------------------------------------------------
-=========  ===========================  ===============================  ==========
-state      received                     reply                            next state
-=========  ===========================  ===============================  ==========
-JOINED     get_properties_ins           get_properties_res               JOINED
-JOINED     get_parameters_ins           get_parameters_res               JOINED
-JOINED     fit_ins                      fit_res                          JOINED
-JOINED     evaluate_ins                 evaluate_res                     JOINED
-JOINED     reconnect_ins, seconds > 0   disconnect_res(RECONNECT)        RECONNECT
-JOINED     reconnect_ins, seconds = 0   disconnect_res(ACK)              DONE
-JOINED     invalid input (invariant 5)  ProtocolError (end the stream)   JOINED
-RECONNECT  anything                     ProtocolError (stream is over)   RECONNECT
-DONE       anything                     ProtocolError (stream is over)   DONE
-=========  ===========================  ===============================  ==========
+Transitions
+-----------
+The table the code runs (:data:`TRANSITIONS`, :data:`AFTER_REFUSAL`); ``tests/test_dispatch.py``
+checks that this copy says the same. "received" is the ServerMessage oneof field, "handler" the
+:class:`ClientSession` method that builds the reply, "reply" the ClientMessage oneof field.
 
-In RECONNECT the transport closes the stream, waits ``session.reconnect_after`` seconds and
-joins again with a fresh session. In DONE it closes the stream and stops. (flwr's own client
-answers ReconnectIns(seconds = 0) with reason RECONNECT too; we send ACK, which the contract
-has for this case. flwr's server does not act on the reason.)
+=========  ===========================  ================  ==================  ==========
+state      received                     handler           reply               next state
+=========  ===========================  ================  ==================  ==========
+JOINED     get_properties_ins           _answer           get_properties_res  JOINED
+JOINED     get_parameters_ins           _answer           get_parameters_res  JOINED
+JOINED     fit_ins                      _answer           fit_res             JOINED
+JOINED     evaluate_ins                 _answer           evaluate_res        JOINED
+JOINED     reconnect_ins, seconds > 0   _come_back_later  disconnect_res      RECONNECT
+JOINED     reconnect_ins, seconds <= 0  _leave            disconnect_res      DONE
+JOINED     invalid input (invariant 5)  -                 ProtocolError       ERROR
+RECONNECT  anything                     -                 ProtocolError       RECONNECT
+DONE       anything                     -                 ProtocolError       DONE
+ERROR      anything                     -                 ProtocolError       ERROR
+=========  ===========================  ================  ==================  ==========
+
+``_come_back_later`` answers with reason RECONNECT and sets ``session.reconnect_after``: the
+transport closes the stream, waits that many seconds and joins again with a fresh session.
+``_leave`` answers with reason ACK: the transport closes the stream and stops. (flwr's own client
+answers ReconnectIns(seconds = 0) with reason RECONNECT too; we send ACK, which the contract has
+for this case. flwr's server does not act on the reason.) After a ProtocolError the session is
+in ERROR and refuses everything, as h11 and h2 do: the transport must end the stream.
 """
 
 from __future__ import annotations
@@ -70,35 +77,68 @@ log = logging.getLogger(__name__)
 class State(enum.Enum):
     JOINED = "joined"  # stream open, waiting for the next instruction
     RECONNECT = "reconnect"  # answered ReconnectIns(seconds > 0): close, wait, join again
-    DONE = "done"  # answered ReconnectIns(seconds = 0): close and stop
+    DONE = "done"  # answered ReconnectIns(seconds <= 0): close and stop
+    ERROR = "error"  # refused invalid input (ProtocolError): the stream must end
 
 
 class ProtocolError(FedprotoError):
     """The server sent something that is not a valid instruction; the stream must end."""
 
 
+class HandlerError(FedprotoError):
+    """The user's handler returned something that cannot be sent (wrong shape or kind)."""
+
+
+class Transition(NamedTuple):
+    handler: str  # ClientSession method that builds the reply
+    reply: str  # ClientMessage oneof field it fills
+    next_state: State
+
+
+# (state, what was received) -> what the session does. What was received is the ServerMessage
+# oneof field, except that ReconnectIns is split by its seconds (see _received).
+TRANSITIONS: dict[tuple[State, str], Transition] = {
+    (State.JOINED, "get_properties_ins"): Transition("_answer", "get_properties_res", State.JOINED),
+    (State.JOINED, "get_parameters_ins"): Transition("_answer", "get_parameters_res", State.JOINED),
+    (State.JOINED, "fit_ins"): Transition("_answer", "fit_res", State.JOINED),
+    (State.JOINED, "evaluate_ins"): Transition("_answer", "evaluate_res", State.JOINED),
+    (State.JOINED, "reconnect_ins, seconds > 0"): Transition("_come_back_later", "disconnect_res", State.RECONNECT),
+    (State.JOINED, "reconnect_ins, seconds <= 0"): Transition("_leave", "disconnect_res", State.DONE),
+}
+
+# The state a ProtocolError leaves behind: JOINED fails into ERROR, a finished session stays as is.
+AFTER_REFUSAL: dict[State, State] = {
+    State.JOINED: State.ERROR,
+    State.RECONNECT: State.RECONNECT,
+    State.DONE: State.DONE,
+    State.ERROR: State.ERROR,
+}
+
+
 class Instruction(NamedTuple):
     method: str  # handler method to call
     failure_code: int  # Status code when the handler cannot answer
-    reply_field: str  # ClientMessage oneof field of the reply
     ins_name: str  # message names, for error texts
     res_name: str
 
 
-# ServerMessage oneof field -> how it is answered.
+# ServerMessage oneof field -> how _answer calls the user's handler for it.
 INSTRUCTIONS: dict[str, Instruction] = {
     "get_properties_ins": Instruction("get_properties", Code.GET_PROPERTIES_NOT_IMPLEMENTED,
-                                      "get_properties_res", "GetPropertiesIns", "GetPropertiesRes"),
+                                      "GetPropertiesIns", "GetPropertiesRes"),
     "get_parameters_ins": Instruction("get_parameters", Code.GET_PARAMETERS_NOT_IMPLEMENTED,
-                                      "get_parameters_res", "GetParametersIns", "GetParametersRes"),
-    "fit_ins": Instruction("fit", Code.FIT_NOT_IMPLEMENTED, "fit_res", "FitIns", "FitRes"),
-    "evaluate_ins": Instruction("evaluate", Code.EVALUATE_NOT_IMPLEMENTED,
-                                "evaluate_res", "EvaluateIns", "EvaluateRes"),
+                                      "GetParametersIns", "GetParametersRes"),
+    "fit_ins": Instruction("fit", Code.FIT_NOT_IMPLEMENTED, "FitIns", "FitRes"),
+    "evaluate_ins": Instruction("evaluate", Code.EVALUATE_NOT_IMPLEMENTED, "EvaluateIns", "EvaluateRes"),
 }
 
 
-class HandlerError(Exception):
-    """The user's handler returned something that cannot be sent (wrong shape or kind)."""
+def parse_instruction(data: bytes) -> ServerMessage:
+    """The bytes of one ServerMessage -> the message; ProtocolError if they are not one."""
+    try:
+        return ServerMessage.FromString(data)
+    except DecodeError as error:
+        raise ProtocolError(f"ServerMessage: not a valid protobuf message ({error})") from None
 
 
 class ClientSession:
@@ -118,15 +158,27 @@ class ClientSession:
 
     def receive_bytes(self, data: bytes) -> bytes:
         """Serialized ServerMessage in, serialized ClientMessage out."""
-        message = ServerMessage()
         try:
-            message.ParseFromString(data)
-        except DecodeError as error:
-            raise ProtocolError(f"ServerMessage: not a valid protobuf message ({error})") from None
+            message = parse_instruction(data)
+        except ProtocolError:
+            self.state = AFTER_REFUSAL[self.state]
+            raise
         return self.receive(message).SerializeToString()
 
     def receive(self, message: ServerMessage) -> ClientMessage:
-        """Answer one ServerMessage; see the transition table in the module docstring."""
+        """Answer one ServerMessage by running its row of :data:`TRANSITIONS`."""
+        try:
+            received = self._received(message)
+            transition = TRANSITIONS[(self.state, received)]
+            reply = getattr(self, transition.handler)(message, transition.reply)
+        except ProtocolError:
+            self.state = AFTER_REFUSAL[self.state]
+            raise
+        self.state = transition.next_state
+        return reply
+
+    def _received(self, message: ServerMessage) -> str:
+        """The message's name in the table; ProtocolError if no row can take it."""
         if self.state is not State.JOINED:
             raise ProtocolError(f"ServerMessage received after the stream ended ({self.state.value})")
         kind = message.WhichOneof("msg")
@@ -134,47 +186,50 @@ class ClientSession:
             raise ProtocolError("ServerMessage: no instruction set (empty oneof 'msg')")
         self.last_received = kind
         if kind == "reconnect_ins":
-            return self._reconnect(message.reconnect_ins.seconds)
-        return self._instruction(kind, getattr(message, kind))
+            # seconds > 0: the server wants us back later (e.g. it is busy); seconds = 0 (the
+            # proto3 default, what flwr sends at the end of training): the session is over.
+            return "reconnect_ins, seconds > 0" if message.reconnect_ins.seconds > 0 else "reconnect_ins, seconds <= 0"
+        return kind
 
-    def _reconnect(self, seconds: int) -> ClientMessage:
-        # seconds > 0: the server wants us back later (e.g. it is busy); seconds = 0 (the
-        # proto3 default, what flwr sends at the end of training): the session is over.
-        if seconds > 0:
-            self.state, self.reconnect_after, reason = State.RECONNECT, seconds, Reason.RECONNECT
-        else:
-            self.state, self.reconnect_after, reason = State.DONE, 0, Reason.ACK
-        return ClientMessage(disconnect_res=ClientMessage.DisconnectRes(reason=reason))
+    def _come_back_later(self, message: ServerMessage, reply: str) -> ClientMessage:
+        self.reconnect_after = message.reconnect_ins.seconds
+        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.RECONNECT)})
 
-    def _instruction(self, kind: str, ins: Any) -> ClientMessage:
+    def _leave(self, message: ServerMessage, reply: str) -> ClientMessage:
+        self.reconnect_after = 0
+        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.ACK)})
+
+    def _answer(self, message: ServerMessage, reply_field: str) -> ClientMessage:
+        """Call the user's handler for an instruction; a handler failure is a non-OK Status."""
+        kind = message.WhichOneof("msg")
         spec = INSTRUCTIONS[kind]
         try:
-            arguments = _decode_arguments(kind, ins)
+            arguments = _decode_arguments(kind, getattr(message, kind))
         except CodecError as error:
             raise ProtocolError(f"{spec.ins_name}.{error}") from None
 
         method: Callable[..., Any] | None = getattr(self.handler, spec.method, None)
         if method is None:
-            return _failure(spec, f"Client does not implement `{spec.method}`")  # flwr's text
+            return _failure(spec, reply_field, f"Client does not implement `{spec.method}`")  # flwr's text
         try:
             result = method(*arguments)
         except Exception as error:  # the user's code: report it, keep the stream alive
             log.exception("%s raised", spec.method)
-            return _failure(spec, f"{spec.method} raised {type(error).__name__}: {error}")
+            return _failure(spec, reply_field, f"{spec.method} raised {type(error).__name__}: {error}")
         del arguments  # the received tensors: free them before the reply's are built
         reply = ClientMessage()
         try:
-            _fill_reply(kind, result, getattr(reply, spec.reply_field), spec.res_name)
+            _fill_reply(kind, result, getattr(reply, reply_field), spec.res_name)
         except (CodecError, HandlerError) as error:
             log.error("%s returned an invalid result: %s", spec.method, error)
-            return _failure(spec, f"{spec.method} returned an invalid result: {error}")
+            return _failure(spec, reply_field, f"{spec.method} returned an invalid result: {error}")
         return reply
 
 
-def _failure(spec: Instruction, text: str) -> ClientMessage:
+def _failure(spec: Instruction, reply_field: str, text: str) -> ClientMessage:
     """A reply whose only content is a non-OK Status (invariant 4)."""
     status = Status(code=spec.failure_code, message=text)
-    return ClientMessage(**{spec.reply_field: {"status": status}})
+    return ClientMessage(**{reply_field: {"status": status}})
 
 
 def _decode_arguments(kind: str, ins: Any) -> tuple[Any, ...]:

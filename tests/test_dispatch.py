@@ -14,7 +14,8 @@ from flwr.common import serde
 from flwr.proto import transport_pb2 as flwr_pb2
 
 from fedproto.codec import TENSOR_TYPE, ndarray_to_bytes, ndarrays_to_parameters, scalars_to_proto
-from fedproto.dispatch import ClientSession, ProtocolError, State
+from fedproto import dispatch
+from fedproto.dispatch import AFTER_REFUSAL, TRANSITIONS, ClientSession, ProtocolError, State, Transition
 from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, Scalar, ServerMessage
 
 WEIGHTS = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, dtype=np.float64)]
@@ -140,7 +141,73 @@ def test_a_whole_training_session_in_order():
     assert session.state is State.DONE
 
 
+def docstring_table() -> list[list[str]]:
+    """The rows of the transition table in fedproto/dispatch.py's docstring, split on its columns."""
+    lines = dispatch.__doc__.split("Transitions\n-----------")[1].splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=========")]
+    assert len(rules) == 3, "the table is an RST simple table: rule, header, rule, rows, rule"
+    spans, start = [], 0
+    for column in lines[rules[0]].split("  "):
+        spans.append((start, start + len(column)))
+        start += len(column) + 2
+    return [[line[a:b].strip() for a, b in spans] for line in lines[rules[1] + 1:rules[2]]]
+
+
+def test_the_docstring_table_is_the_table_the_code_runs():
+    documented, refusals = {}, {}
+    for state, received, handler, reply, next_state in docstring_table():
+        if reply == "ProtocolError":
+            assert handler == "-"
+            refusals[State[state]] = State[next_state]
+        else:
+            documented[(State[state], received)] = Transition(handler, reply, State[next_state])
+    assert documented == TRANSITIONS
+    assert refusals == AFTER_REFUSAL
+    assert set(AFTER_REFUSAL) == set(State)
+
+
+def test_every_instruction_has_a_row_in_joined():
+    oneof = {field.name for field in ServerMessage.DESCRIPTOR.oneofs_by_name["msg"].fields}
+    received = {name.split(",")[0] for state, name in TRANSITIONS if state is State.JOINED}
+    assert received == oneof
+    assert all(hasattr(ClientSession, t.handler) for t in TRANSITIONS.values())
+
+
 # ------------------------------------------------------------------ invalid input
+
+
+@pytest.mark.parametrize("bad_input", [b"garbage!", b""], ids=["undecodable", "empty_oneof"])
+def test_after_a_protocol_error_the_session_refuses_everything(bad_input):
+    handler = Recorder()
+    session = ClientSession(handler)
+    session.receive(server_message("fit_ins"))
+    with pytest.raises(ProtocolError):
+        session.receive_bytes(bad_input)
+    assert session.state is State.ERROR
+    for kind in [*INSTRUCTIONS, "reconnect_ins"]:
+        with pytest.raises(ProtocolError) as caught:
+            session.receive(server_message(kind, seconds=1))
+        assert str(caught.value) == "ServerMessage received after the stream ended (error)"
+        assert session.state is State.ERROR
+    assert [call[0] for call in handler.calls] == ["fit"]
+
+
+def test_a_bad_tensor_puts_the_session_in_error():
+    session = ClientSession(Recorder())
+    bad = Parameters(tensors=[b"not npy"], tensor_type=TENSOR_TYPE)
+    with pytest.raises(ProtocolError):
+        session.receive(server_message("fit_ins", parameters=bad))
+    assert session.state is State.ERROR
+
+
+@pytest.mark.parametrize("seconds", [-5, 0])
+def test_reconnect_without_a_positive_pause_ends_the_session(seconds):
+    session = ClientSession(Recorder())
+    reply = session.receive(server_message("reconnect_ins", seconds=seconds))
+    assert reply.disconnect_res.reason == Reason.ACK
+    assert (session.state, session.reconnect_after) == (State.DONE, 0)
+
+
 
 
 def test_receive_bytes_round_trip():
@@ -167,7 +234,7 @@ def test_empty_oneof_is_a_protocol_error(data):
     with pytest.raises(ProtocolError) as caught:
         session.receive_bytes(data)
     assert str(caught.value) == "ServerMessage: no instruction set (empty oneof 'msg')"
-    assert session.state is State.JOINED
+    assert session.state is State.ERROR
 
 
 @pytest.mark.parametrize("kind, ins_name", [("fit_ins", "FitIns"), ("evaluate_ins", "EvaluateIns")])
