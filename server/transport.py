@@ -18,6 +18,11 @@ Per stream (the server speaks first, the client answers each message once, in or
    that arrives when nothing was asked aborts it with FAILED_PRECONDITION, for the same reason.
 4. Stream ends (client closed its side or vanished, abort, server stop): the proxy is
    unregistered and a pending request fails with ``stream_closed``.
+
+A write is bounded by its request's timeout: a client that never reads (its HTTP/2 window
+stays at 0) blocks ``context.write`` for ever, so when the stream ends (timeout, abort) the
+blocked write is cancelled at once, the closing status gets at most ``CLOSE_TIMEOUT`` seconds,
+and the handler returns, which unregisters the proxy.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ log = logging.getLogger("fedproto.server")
 # next one, and past the hard limit cancels new calls outright (defaults 1000 and 3000): a burst
 # of thousands of clients joining at once would lose joins.
 MAX_PENDING_JOINS = 100_000
+
+# How long the closing status of an ended stream may wait behind a blocked write (seconds).
+CLOSE_TIMEOUT = 0.5
 
 CLIENT_SIDE_ENDED = ("client ended its side of the stream "
                      "(closed it, or sent a message gRPC refused, e.g. too large)")
@@ -80,6 +88,7 @@ class ClientProxy:
         self._lock = asyncio.Lock()  # one request in flight per stream: replies come in order
         self._in_flight: _Outgoing | None = None  # written, reply not read yet
         self._ended: str | None = None  # why the stream ended, once it has
+        self._ended_event = asyncio.Event()  # set with _ended: wakes a writer blocked in write()
 
     def __repr__(self) -> str:
         return f"ClientProxy({self.cid}, {self.peer})"
@@ -118,18 +127,34 @@ class ClientProxy:
                 item = await self._outbox.get()
                 if isinstance(item, _Close):
                     if item.code is not grpc.StatusCode.OK:
-                        await context.abort(item.code, item.details)
+                        # Behind a write the client never took, the status may never go out.
+                        await asyncio.wait_for(context.abort(item.code, item.details), CLOSE_TIMEOUT)
                     return
                 if item.reply.done():  # its request already failed (the stream is ending)
                     continue
                 self._in_flight = item  # before the write: the reply may come back at once
-                await context.write(item.data)
+                await self._write_unless_ended(context, item.data)
+        except TimeoutError:  # the closing status was stuck: return, so the proxy is unregistered
+            return
         except asyncio.CancelledError:  # how grpc.aio reports a vanished client (or a stop)
             self._end("stream cancelled (client disconnected or server stopping)", FailureKind.STREAM_CLOSED)
             raise
         finally:
             reader.cancel()
             self._end("stream ended", FailureKind.STREAM_CLOSED)
+
+    async def _write_unless_ended(self, context: grpc.aio.ServicerContext, data: bytes) -> None:
+        """``context.write(data)``, cancelled as soon as the stream ends (e.g. its request timed out)."""
+        write = asyncio.ensure_future(context.write(data))
+        ended = asyncio.ensure_future(self._ended_event.wait())
+        try:
+            await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not write.done():
+                write.cancel()  # the window stayed shut; its request has already failed
+        if write.done() and not write.cancelled():
+            write.result()  # a failed write raises as before
 
     async def _read_replies(self, context: grpc.aio.ServicerContext) -> None:
         """The reader: hand each ClientMessage to the request waiting for it."""
@@ -156,6 +181,7 @@ class ClientProxy:
         """Mark the stream over and fail every request that can no longer be answered."""
         if self._ended is None:
             self._ended = reason
+            self._ended_event.set()
         waiting = [self._in_flight] if self._in_flight is not None else []
         self._in_flight = None
         while not self._outbox.empty():
