@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedproto.errors import FedprotoError
 from fedproto.server_role import NDArrays
 from server.history import History
 
@@ -31,7 +32,7 @@ log = logging.getLogger("fedproto.server")
 HISTORY_FILE = "history.json"
 
 
-class CheckpointError(Exception):
+class CheckpointError(FedprotoError):
     """A checkpoint directory whose files are missing or unreadable."""
 
 

@@ -1,4 +1,5 @@
-"""Importing the protocol packages pulls in neither TensorFlow nor flwr.
+"""Importing the protocol packages pulls in neither TensorFlow nor flwr, and the sans-IO core
+(``fedproto``) not even gRPC: the transports in ``client/`` and ``server/`` bring it.
 
 Each module is imported in a fresh interpreter, so nothing imported by another test (or by
 pytest plugins) can hide or fake the result. To cover a new module, add its name to MODULES.
@@ -14,14 +15,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODULES = [
+CORE = [
     "fedproto",
     "fedproto.transport_pb2",
     "fedproto.codec",
     "fedproto.dispatch",
-    "fedproto.wire",
     "fedproto.server_role",
+    "fedproto.wire",
     "fedproto.errors",
+]
+
+MODULES = CORE + [
     "client",
     "client.app",
     "client.cli",
@@ -36,6 +40,8 @@ MODULES = [
 # Top-level packages that must stay out: TensorFlow (and its Keras) belong to the HAR model
 # only; flwr is what we test against, never what we run on.
 FORBIDDEN = ("tensorflow", "keras", "flwr")
+# The core is sans-IO: no transport library either.
+FORBIDDEN_IN_CORE = (*FORBIDDEN, "grpc")
 
 REPORT = """
 import importlib, sys
@@ -51,6 +57,22 @@ def test_import_pulls_in_neither_tensorflow_nor_flwr(module):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "[]\n", f"importing {module} imported {run.stdout.strip()}"
+
+
+def imported(module: str, forbidden: tuple[str, ...]) -> str:
+    run = subprocess.run([sys.executable, "-c", REPORT, module, *forbidden], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_core_imports_no_grpc(module):
+    assert imported(module, FORBIDDEN_IN_CORE) == "[]\n", f"importing {module} imported grpc, TensorFlow or flwr"
+
+
+def test_the_check_sees_an_import_of_grpc():
+    assert "'grpc'" in imported("server.endpoint", FORBIDDEN_IN_CORE)
 
 
 def test_the_check_sees_an_import_of_flwr():
