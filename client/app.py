@@ -72,31 +72,38 @@ def run_client(
     while True:
         session = ClientSession(handler)
         try:
-            answered = _join_once(server_address, session, root_certificates, max_message_length)
+            stream = _join_once(server_address, session, root_certificates, max_message_length)
         except ProtocolError as error:
             log.error("protocol error, leaving: %s", error)
             return EXIT_PROTOCOL_ERROR
-        except grpc.RpcError as error:
-            answered, reason = error.answered, _describe(error)  # type: ignore[attr-defined]
-            if root_certificates is not None and _is_tls_failure(reason):
-                log.error("TLS handshake with %s failed: %s", server_address, reason)
-                return EXIT_TLS_ERROR
-            failures = 0 if answered else failures + 1
-            if failures >= retry.attempts:
-                log.error("giving up on %s after %d attempts: %s", server_address, failures, reason)
-                return EXIT_UNREACHABLE
-            delay = retry.delay(max(failures, 1))
-            log.warning("stream to %s ended: %s; joining again in %.1f s", server_address, reason, delay)
-            time.sleep(delay)
+
+        if stream.broken is None and session.state is State.DONE:
+            log.info("server ended the session after %d messages; exiting", stream.answered)
+            return EXIT_DONE
+        if stream.broken is None:  # State.RECONNECT: the server asked us to come back after a pause
+            failures = 0
+            log.info("server asked us to reconnect in %d s", session.reconnect_after)
+            time.sleep(session.reconnect_after)
             continue
 
-        if session.state is State.DONE:
-            log.info("server ended the session after %d messages; exiting", answered)
-            return EXIT_DONE
-        # State.RECONNECT: the server asked us to come back after a pause.
-        failures = 0
-        log.info("server asked us to reconnect in %d s", session.reconnect_after)
-        time.sleep(session.reconnect_after)
+        if root_certificates is not None and _is_tls_failure(stream.broken):
+            log.error("TLS handshake with %s failed: %s", server_address, stream.broken)
+            return EXIT_TLS_ERROR
+        failures = 0 if stream.answered else failures + 1
+        if failures >= retry.attempts:
+            log.error("giving up on %s after %d attempts: %s", server_address, failures, stream.broken)
+            return EXIT_UNREACHABLE
+        delay = retry.delay(max(failures, 1))
+        log.warning("stream to %s ended: %s; joining again in %.1f s", server_address, stream.broken, delay)
+        time.sleep(delay)
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """How one Join stream ended: after ``answered`` messages, normally or ``broken``."""
+
+    answered: int  # ServerMessages answered on this stream
+    broken: str | None  # why it broke (gRPC status, or closed without ReconnectIns); None: ReconnectIns
 
 
 def _join_once(
@@ -104,11 +111,10 @@ def _join_once(
     session: ClientSession,
     root_certificates: bytes | None,
     max_message_length: int,
-) -> int:
-    """One Join stream, until the session leaves state JOINED. Returns messages answered.
+) -> StreamEnd:
+    """One Join stream, until the session leaves state JOINED or the stream breaks.
 
-    Raises grpc.RpcError (with ``.answered`` set) if the stream fails or the server ends it
-    without a ReconnectIns, and ProtocolError if the server sends an invalid message.
+    Raises ProtocolError if the server sends an invalid message.
     """
     options = message_size_options(max_message_length)
     if root_certificates is None:
@@ -142,10 +148,9 @@ def _join_once(
                 if session.state is not State.JOINED:
                     break  # we just sent DisconnectRes: nothing more goes on this stream
             else:
-                raise _StreamEnded()
+                return StreamEnd(answered, "server closed the stream without a ReconnectIns")
         except grpc.RpcError as error:
-            error.answered = answered  # type: ignore[attr-defined]
-            raise
+            return StreamEnd(answered, _describe(error))
         finally:
             outbox.put(None)
         # The DisconnectRes is queued. Wait until gRPC has sent it, give the server a moment
@@ -156,14 +161,7 @@ def _join_once(
         if all_sent.wait(DISCONNECT_GRACE_SECONDS):
             call_ended.wait(DISCONNECT_GRACE_SECONDS)
         inbox.cancel()
-    return answered
-
-
-class _StreamEnded(grpc.RpcError):
-    """The server closed the stream without sending ReconnectIns first."""
-
-    def __str__(self) -> str:
-        return "server closed the stream without a ReconnectIns"
+    return StreamEnd(answered, None)
 
 
 def _describe(error: grpc.RpcError) -> str:
@@ -173,6 +171,13 @@ def _describe(error: grpc.RpcError) -> str:
 
 
 def _is_tls_failure(reason: str) -> bool:
+    """Did the stream break in the TLS handshake? Judged from gRPC's status text.
+
+    gRPC gives no better signal: a failed handshake (wrong CA, plaintext server, bad
+    certificate) ends the call with UNAVAILABLE, the same code as "server not up yet", and the
+    Python API exposes no error type or field for it; only the details text names the TLS
+    layer. Without this, a certificate problem would be retried like a server that is down.
+    """
     text = reason.lower()
     return "handshake" in text or "ssl" in text or "certificate" in text
 
