@@ -1,0 +1,1 @@
+"""A Flower app for testing Fleet nodes: FedAvg ServerApps that record what they aggregated."""
