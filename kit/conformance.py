@@ -30,7 +30,8 @@ Only what any correct client satisfies, whatever it trains:
   order, within ``--timeout`` seconds, as a valid ClientMessage.
 - Status is OK, or the method's own ``*_NOT_IMPLEMENTED`` code where allowed below (that code is
   also how a client reports a handler error). Any other code fails.
-- Tensors are valid .npy (``tensor_type`` "numpy.ndarray"), Scalars have a kind set.
+- Tensors are valid .npy (``tensor_type`` "numpy.ndarray"), Scalars have a kind set. (Each
+  reply is decoded by the reference server's own rules, ``fedproto.server_role``.)
 - The model steps (3, 4, 5, 12) must succeed (status OK): a client that cannot answer for its
   own model cannot train. FitRes holds as many tensors as were sent, with the same shapes, and
   ``num_examples >= 1`` (FedAvg weighs results by it; zero would divide by zero). EvaluateRes
@@ -56,11 +57,27 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from fedproto.codec import CodecError, ndarrays_to_parameters, parameters_to_ndarrays, scalars_from_proto, scalars_to_proto
-from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, ServerMessage
+from fedproto.server_role import (
+    EvaluateIns,
+    FailureKind,
+    FitIns,
+    ReplyError,
+    check_update,
+    decode_scalars,
+    decode_tensors,
+    encode_evaluate_ins,
+    encode_fit_ins,
+    encode_get_parameters_ins,
+    encode_get_properties_ins,
+    encode_reconnect_ins,
+    enum_name,
+    parse_reply,
+    reply_of_kind,
+)
+from fedproto.transport_pb2 import ClientMessage, Code, Reason
 from fedproto.wire import message_size_options
+from kit.make_vectors import EVERY_SCALAR
 from server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.conformance")
@@ -69,14 +86,6 @@ RECONNECT_SECONDS = 1
 NO_REJOIN_WINDOW = 2.0  # seconds we watch for an unwanted rejoin after ReconnectIns(seconds=0)
 REJOIN_TOLERANCE = 0.05  # seconds: timer granularity between the client's sleep and our clock
 
-EVERY_SCALAR = {
-    "a_double": 0.125,
-    "b_uint64": 2**64 - 1,
-    "c_sint64": -(2**63),
-    "d_bool": True,
-    "e_string": "héllo",
-    "f_bytes": b"\x00\xff",
-}
 ZERO_SIZE_TENSORS = [np.zeros((0,), np.float32), np.zeros((2, 0, 3), np.float32)]
 
 STEPS = [
@@ -170,25 +179,24 @@ class Conformance:
     async def _first_stream(self, context: grpc.aio.ServicerContext) -> None:
         self.first_peer = context.peer()
         self.record(STEPS[0], True, f"peer {self.first_peer}")
-        await self._step(context, STEPS[1], ServerMessage(get_properties_ins=ServerMessage.GetPropertiesIns(
-            config=scalars_to_proto(EVERY_SCALAR))), "get_properties_res", self._check_properties)
-        await self._step(context, STEPS[2], ServerMessage(get_parameters_ins=ServerMessage.GetParametersIns()),
-                         "get_parameters_res", self._check_model)
+        await self._step(context, STEPS[1], encode_get_properties_ins(EVERY_SCALAR),
+                         "get_properties_res", self._check_properties)
+        await self._step(context, STEPS[2], encode_get_parameters_ins(), "get_parameters_res", self._check_model)
         if self.model is None:
             for step in STEPS[3:5]:
                 self.record(step, False, "not run: no model from GetParametersIns")
         else:
-            await self._step(context, STEPS[3], _fit(self.model, EVERY_SCALAR), "fit_res",
-                             _check_fit(_shapes(self.model), decline_allowed=False, min_examples=1))
-            await self._step(context, STEPS[4], _evaluate(self.model), "evaluate_res",
+            await self._step(context, STEPS[3], encode_fit_ins(FitIns(self.model, EVERY_SCALAR)), "fit_res",
+                             _check_fit(self.model, decline_allowed=False, min_examples=1))
+            await self._step(context, STEPS[4], encode_evaluate_ins(EvaluateIns(self.model)), "evaluate_res",
                              _check_evaluate(decline_allowed=False, min_examples=1))
-        await self._step(context, STEPS[5], _fit([], {}), "fit_res",
+        await self._step(context, STEPS[5], encode_fit_ins(FitIns([])), "fit_res",
                          _check_fit(None, decline_allowed=True, min_examples=0))
-        await self._step(context, STEPS[6], _fit(ZERO_SIZE_TENSORS, {}), "fit_res",
-                         _check_fit(_shapes(ZERO_SIZE_TENSORS), decline_allowed=True, min_examples=0))
-        await self._step(context, STEPS[7], _evaluate([]), "evaluate_res",
+        await self._step(context, STEPS[6], encode_fit_ins(FitIns(ZERO_SIZE_TENSORS)), "fit_res",
+                         _check_fit(ZERO_SIZE_TENSORS, decline_allowed=True, min_examples=0))
+        await self._step(context, STEPS[7], encode_evaluate_ins(EvaluateIns([])), "evaluate_res",
                          _check_evaluate(decline_allowed=True, min_examples=0))
-        await self._step(context, STEPS[8], _reconnect(RECONNECT_SECONDS), "disconnect_res",
+        await self._step(context, STEPS[8], encode_reconnect_ins(RECONNECT_SECONDS), "disconnect_res",
                          _check_reason(Reason.RECONNECT))
         self.left_at[0] = time.monotonic()  # the client's pause starts now
         await self._expect_close(context, STEPS[9])
@@ -203,36 +211,27 @@ class Conformance:
             problems.append(f"came back after {waited:.2f} s, asked to wait {RECONNECT_SECONDS} s")
         self.record(STEPS[10], not problems, "; ".join(problems) or f"after {waited:.2f} s from {host}")
         expected = _shapes(self.model) if self.model is not None else None
-        await self._step(context, STEPS[11], ServerMessage(get_parameters_ins=ServerMessage.GetParametersIns()),
-                         "get_parameters_res", self._check_same_model(expected))
-        await self._step(context, STEPS[12], _reconnect(0), "disconnect_res", _check_reason(Reason.ACK))
+        await self._step(context, STEPS[11], encode_get_parameters_ins(), "get_parameters_res",
+                         self._check_same_model(expected))
+        await self._step(context, STEPS[12], encode_reconnect_ins(0), "disconnect_res", _check_reason(Reason.ACK))
         self.left_at[1] = time.monotonic()
         await self._expect_close(context, STEPS[13])
 
     # ------------------------------------------------------------------ one exchange
 
-    async def _step(self, context: grpc.aio.ServicerContext, step: str, message: ServerMessage,
+    async def _step(self, context: grpc.aio.ServicerContext, step: str, message: bytes,
                     reply_kind: str, check: Callable[[Any], str]) -> None:
         """Send one instruction, read one reply, record the check. StreamOver if nothing came."""
         started = time.monotonic()
-        await context.write(message.SerializeToString())
+        await context.write(message)
         data = await self._read(context, step)
         elapsed_ms = (time.monotonic() - started) * 1000
         if data is grpc.aio.EOF:
             self._ended(step, "closed")
             raise StreamOver
         try:
-            reply = ClientMessage.FromString(data)
-        except DecodeError as error:
-            self.record(step, False, f"reply is not a valid ClientMessage ({error})")
-            return
-        kind = reply.WhichOneof("msg")
-        if kind != reply_kind:
-            self.record(step, False, f"expected {reply_kind}, got {kind or 'a ClientMessage with no oneof set'}")
-            return
-        try:
-            summary = check(getattr(reply, kind))
-        except CheckFailed as failure:
+            summary = check(reply_of_kind(parse_reply(data), reply_kind))
+        except (ReplyError, CheckFailed) as failure:
             self.record(step, False, str(failure))
             return
         self.record(step, True, f"{summary} ({elapsed_ms:.0f} ms)")
@@ -273,12 +272,12 @@ class Conformance:
         declined = _status(res.status, Code.GET_PROPERTIES_NOT_IMPLEMENTED)
         if declined:
             return declined
-        properties = _scalars(res.properties, "properties")
+        properties = decode_scalars(res.properties, "GetPropertiesRes.properties")
         return f"OK, properties {_brief(properties)}"
 
     def _check_model(self, res: ClientMessage.GetParametersRes) -> str:
         _status(res.status, None)
-        arrays = _tensors(res.parameters)
+        arrays = decode_tensors(res.parameters, "GetParametersRes.parameters")
         if not arrays:
             raise CheckFailed("OK but no tensors: there is no model to train")
         self.model = arrays
@@ -287,27 +286,11 @@ class Conformance:
     def _check_same_model(self, expected: list[tuple[int, ...]] | None) -> Callable[[Any], str]:
         def check(res: ClientMessage.GetParametersRes) -> str:
             _status(res.status, None)
-            arrays = _tensors(res.parameters)
+            arrays = decode_tensors(res.parameters, "GetParametersRes.parameters")
             if expected is not None and _shapes(arrays) != expected:
                 raise CheckFailed(f"shapes {_shapes(arrays)}, before the rejoin {expected}")
             return f"OK, {_describe(arrays)}"
         return check
-
-
-# ---------------------------------------------------------------------------- messages
-
-
-def _fit(arrays: list[np.ndarray], config: dict[str, Any]) -> ServerMessage:
-    return ServerMessage(fit_ins=ServerMessage.FitIns(
-        parameters=ndarrays_to_parameters(arrays), config=scalars_to_proto(config)))
-
-
-def _evaluate(arrays: list[np.ndarray]) -> ServerMessage:
-    return ServerMessage(evaluate_ins=ServerMessage.EvaluateIns(parameters=ndarrays_to_parameters(arrays)))
-
-
-def _reconnect(seconds: int) -> ServerMessage:
-    return ServerMessage(reconnect_ins=ServerMessage.ReconnectIns(seconds=seconds))
 
 
 # ---------------------------------------------------------------------------- checks
@@ -317,25 +300,11 @@ def _status(status: Any, decline_code: int | None) -> str:
     """'' for OK; a summary if the client declined with ``decline_code``; CheckFailed otherwise."""
     if status.code == Code.OK:
         return ""
-    name = Code.Name(status.code) if status.code in Code.values() else f"unknown code {status.code}"
+    name = enum_name(Code, status.code)
     if decline_code is not None and status.code == decline_code:
         return f"declined: {name} ({_clip(status.message)!r})"
     expected = "OK" if decline_code is None else f"OK or {Code.Name(decline_code)}"
     raise CheckFailed(f"status {name} ({_clip(status.message)!r}), expected {expected}")
-
-
-def _tensors(parameters: Parameters) -> list[np.ndarray]:
-    try:
-        return parameters_to_ndarrays(parameters)
-    except CodecError as error:
-        raise CheckFailed(str(error)) from None
-
-
-def _scalars(values: Any, name: str) -> dict[str, Any]:
-    try:
-        return scalars_from_proto(values, name)
-    except CodecError as error:
-        raise CheckFailed(str(error)) from None
 
 
 def _examples(count: int, minimum: int) -> None:
@@ -343,19 +312,29 @@ def _examples(count: int, minimum: int) -> None:
         raise CheckFailed(f"num_examples={count}, expected >= {minimum}")
 
 
-def _check_fit(sent: list[tuple[int, ...]] | None, decline_allowed: bool,
+def _check_fit(sent: list[np.ndarray] | None, decline_allowed: bool,
                min_examples: int) -> Callable[[Any], str]:
     def check(res: ClientMessage.FitRes) -> str:
         declined = _status(res.status, Code.FIT_NOT_IMPLEMENTED if decline_allowed else None)
         if declined:
             return declined
-        arrays = _tensors(res.parameters)
-        if sent is not None and _shapes(arrays) != sent:
-            raise CheckFailed(f"returned shapes {_shapes(arrays)}, sent {sent}")
+        arrays = decode_tensors(res.parameters, "FitRes.parameters")
+        if sent is not None:
+            _check_returned(arrays, sent)
         _examples(res.num_examples, min_examples)
-        metrics = _scalars(res.metrics, "metrics")
+        metrics = decode_scalars(res.metrics, "FitRes.metrics")
         return f"OK, {_describe(arrays)}, num_examples={res.num_examples}, metrics {_brief(metrics)}"
     return check
+
+
+def _check_returned(arrays: list[np.ndarray], sent: list[np.ndarray]) -> None:
+    """The server's own update check (fedproto.server_role.check_update), told as the kit tells it."""
+    try:
+        check_update(arrays, sent)
+    except ReplyError as error:
+        if error.kind is FailureKind.SHAPE_MISMATCH:
+            raise CheckFailed(f"returned shapes {_shapes(arrays)}, sent {_shapes(sent)}") from None
+        raise
 
 
 def _check_evaluate(decline_allowed: bool, min_examples: int) -> Callable[[Any], str]:
@@ -366,7 +345,7 @@ def _check_evaluate(decline_allowed: bool, min_examples: int) -> Callable[[Any],
         if not math.isfinite(res.loss):
             raise CheckFailed(f"loss={res.loss}, expected a finite number")
         _examples(res.num_examples, min_examples)
-        metrics = _scalars(res.metrics, "metrics")
+        metrics = decode_scalars(res.metrics, "EvaluateRes.metrics")
         return f"OK, loss={res.loss:.4g}, num_examples={res.num_examples}, metrics {_brief(metrics)}"
     return check
 
@@ -374,8 +353,7 @@ def _check_evaluate(decline_allowed: bool, min_examples: int) -> Callable[[Any],
 def _check_reason(expected: int) -> Callable[[Any], str]:
     def check(res: ClientMessage.DisconnectRes) -> str:
         if res.reason != expected:
-            name = Reason.Name(res.reason) if res.reason in Reason.values() else str(res.reason)
-            raise CheckFailed(f"reason {name}, expected {Reason.Name(expected)}")
+            raise CheckFailed(f"reason {enum_name(Reason, res.reason)}, expected {Reason.Name(expected)}")
         return f"DisconnectRes(reason={Reason.Name(expected)})"
     return check
 

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from fedproto.codec import ndarray_to_bytes, scalars_to_proto
+from fedproto.codec import TENSOR_TYPE, ndarray_to_bytes, scalars_to_proto
 from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, ServerMessage, Status
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "vectors"
 MANIFEST = "manifest.json"
-TENSOR_TYPE = "numpy.ndarray"
 
-# One value of every Scalar kind; the int kinds at their extremes.
+# One value of every Scalar kind; the int kinds at their extremes. (kit.conformance sends it too.)
 EVERY_SCALAR = {
     "a_double": 0.125,
     "b_uint64": 2**64 - 1,  # above sint64's range, so it can only travel as uint64
