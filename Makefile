@@ -13,7 +13,7 @@ install: $(STAMP)
 # Reinstall whenever the dependency pins or the project metadata change.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,har,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,har,dev,fleet]'
 	touch $(STAMP)
 
 # Regenerate fedproto/*_pb2.py(i) from proto/flwr/proto/*.proto (committed; tests check they are current).
