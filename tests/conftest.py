@@ -140,3 +140,38 @@ def tls_files(tmp_path) -> TlsFiles:
     )
     files.other_ca.write_bytes(other_ca_cert.public_bytes(pem))
     return files
+
+
+# --- Fleet interop: real flower-superlink / flwr run / nodes (tests/superlink_harness.py) -------
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test at teardown."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture
+def superlink_harness(request, tmp_path):
+    """superlink_harness(tls=None, grpc_fleet=False) -> a tests.superlink_harness.Harness.
+
+    Everything it started is stopped at teardown (process trees); if the test failed, the end of
+    every process log is printed, so it shows in pytest's report.
+    """
+    from superlink_harness import Harness
+
+    harnesses = []
+
+    def make(tls=None, grpc_fleet: bool = False) -> Harness:
+        harness = Harness(tmp_path / f"harness{len(harnesses)}", tls=tls, grpc_fleet=grpc_fleet)
+        harnesses.append(harness)
+        return harness
+
+    yield make
+    failed = getattr(request.node, "report_call", None) is not None and request.node.report_call.failed
+    for harness in harnesses:
+        if failed:
+            print(harness.logs())
+        harness.stop_all()
