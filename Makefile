@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install proto test run bench clean
+.PHONY: install proto test run bench fuzz clean
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ run: proto
 
 bench: proto
 	$(PY) -m bench.run
+
+# A longer, time-boxed fuzzing campaign of every decoder of peer bytes (atheris/libFuzzer);
+# crashes are written to fuzz-crashes/. FUZZ_SECONDS=3600 make fuzz for an hour.
+FUZZ_SECONDS ?= 300
+fuzz: proto
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[fuzz]'
+	$(PY) tests/fuzz_campaign.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
