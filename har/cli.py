@@ -39,6 +39,7 @@ examples:
                                                   # data_subjects_info.csv
   python -m har --clients 6 --rounds 20 --local-epochs 1
   python -m har --server flwr                     # same clients against flwr's start_server
+  python -m har --server superlink                # same clients as Fleet nodes of flower-superlink
 """
 
 
@@ -81,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=DEFAULTS.seed,
                           help="seeds the initial weights and every shuffle (default: %(default)s)")
     run = parser.add_argument_group("run")
-    run.add_argument("--server", choices=["fedproto", "flwr"], default="fedproto",
+    run.add_argument("--server", choices=["fedproto", "flwr", "superlink"], default="fedproto",
                      help="fedproto: our reference server (default); flwr: flwr.server.start_server, "
-                          "an interop demo with the same edge clients")
+                          "an interop demo with the same edge clients; superlink: today's Flower, "
+                          "flower-superlink + flwr run of har/superlink_app, the clients as Fleet nodes")
     run.add_argument("--port", type=int, default=0, help="server port on 127.0.0.1 (default: a free one)")
     run.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                      help="output folder (default: %(default)s)")

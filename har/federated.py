@@ -5,6 +5,11 @@ talking ``FlowerService.Join`` over gRPC on loopback; its data is the partition 
 here. The server is ours (``server.run_server``) or, with ``--server flwr``, flwr's own
 ``start_server``: same clients, same strategy settings, same evaluation.
 
+With ``--server superlink`` the server is today's Flower: a real ``flower-superlink`` and a
+``flwr run`` of the ServerApp in ``har/superlink_app`` (message-API FedAvg, centralized
+evaluation in the ServerApp), and the same clients join it as Fleet API nodes
+(``python -m client --superlink ...``); see :func:`run_on_superlink`.
+
 Averaging sums floating-point numbers, so its result depends on the order of the clients'
 results, which is the order they happen to finish in. Both servers' FedAvg are given the
 results sorted by the client's partition number, so two runs give the same model.
@@ -12,8 +17,11 @@ results sorted by the client's partition number, so two runs give the same model
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -76,7 +84,9 @@ def write_partitions(prepared: Prepared, settings: Settings, directory: Path) ->
     return paths
 
 
-def start_clients(address: str, partitions: list[Path], settings: Settings, log_dir: Path) -> list[subprocess.Popen]:
+def start_clients(address: str, partitions: list[Path], settings: Settings, log_dir: Path,
+                  connect: str = "--server") -> list[subprocess.Popen]:
+    """One edge client process per partition; ``connect`` is --server (Join) or --superlink (Fleet)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     processes = []
     for number, partition in enumerate(partitions, start=1):
@@ -90,7 +100,7 @@ def start_clients(address: str, partitions: list[Path], settings: Settings, log_
         }
         with open(log_dir / f"client_{number}.log", "wb") as log_file:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "client", "--server", address, "--app", CLIENT_APP],
+                [sys.executable, "-m", "client", connect, address, "--app", CLIENT_APP],
                 cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
             ))
     return processes
@@ -117,6 +127,8 @@ def _client_accuracies(collected: dict[int, dict[int, float]]):
 def run_federated(prepared: Prepared, settings: Settings, start: list[np.ndarray], out: Path, server_kind: str,
                   evaluate: Callable[[list[np.ndarray]], Scores], port: int = 0) -> FederatedOutcome:
     """R rounds of FedAvg with ``settings.clients`` edge client processes; returns per-round scores."""
+    if server_kind == "superlink":
+        return run_on_superlink(prepared, settings, start, out)
     address = f"127.0.0.1:{port or free_port()}"
     partitions = write_partitions(prepared, settings, out / "partitions")
     rounds: list[RoundScores] = []
@@ -254,3 +266,126 @@ def _wait_for_clients(clients: list[subprocess.Popen], log_dir: Path) -> None:
             tail = (log_dir / f"client_{number}.log").read_text(errors="replace")[-3000:]
             status = "did not exit" if code is None else f"exited with code {code}"
             raise FederatedError(f"edge client {number} {status}; last lines of its log:\n{tail}")
+
+
+SUPERLINK_APP = PROJECT_ROOT / "har" / "superlink_app"
+SUPERLINK_RUN_SECONDS = 1800  # the whole flwr run; the default job takes about a minute
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_on_superlink(prepared: Prepared, settings: Settings, start: list[np.ndarray], out: Path) -> FederatedOutcome:
+    """The same edge clients as Fleet nodes of a real flower-superlink, in a real ``flwr run``.
+
+    The ServerApp runs in flwr's own process, so it gets its inputs from a job file (initial
+    weights, test set, settings) and writes per-round scores to ``outcome.json`` beside it.
+    Every process started here is stopped before returning; the nodes must exit 0 on SIGTERM.
+    """
+    work = out / "superlink"
+    home = work / "flwr_home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{address}"\ninsecure = true\n')
+    job_file = (work / "job.npz").resolve()
+    np.savez(job_file, **{f"start_{i}": w for i, w in enumerate(start)}, start_count=np.int64(len(start)), x_test=prepared.test.x, y_test=prepared.test.label,
+             settings=np.array(json.dumps(settings.as_dict())))
+    (work / "outcome.json").unlink(missing_ok=True)
+    run_config = work / "run_config.toml"
+    run_config.write_text(f'"job-file" = {json.dumps(str(job_file))}\n')
+    env = {**os.environ, "FLWR_HOME": str(home.resolve()), "FLWR_TELEMETRY_ENABLED": "0",
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    partitions = write_partitions(prepared, settings, out / "partitions")
+    started: list[subprocess.Popen] = []
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "wb") as log_file:
+            started.append(subprocess.Popen(args, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            start_new_session=True))
+        return started[-1]
+
+    log.info("federated: flower-superlink on %s, %d Fleet nodes, flwr run of %s (logs in %s)",
+             address, settings.clients, SUPERLINK_APP, logs)
+    began = time.perf_counter()
+    try:
+        superlink = spawn("superlink", [str(VENV_BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                                        "--port", str(port), "--disable-runtime-dependency-installation"])
+        _wait_listening(port, superlink, logs / "superlink.log")
+        clients = start_clients(address, partitions, settings, logs, connect="--superlink")
+        started += clients
+        flwr_run = spawn("flwr_run", [str(VENV_BIN / "flwr"), "run", str(SUPERLINK_APP), "local", "--stream",
+                                      "--run-config", str(run_config)])
+        deadline = time.monotonic() + SUPERLINK_RUN_SECONDS
+        while flwr_run.poll() is None:  # a node that dies would leave the ServerApp waiting for it
+            if any(process.poll() is not None for process in clients) or time.monotonic() > deadline:
+                raise FederatedError(f"flwr run did not complete; see {logs / 'flwr_run.log'}"
+                                     f"{_exited_clients(clients, logs)}")
+            time.sleep(0.5)
+        status = _run_status(logs / "flwr_run.log", env, work)
+        if status != "finished:completed":
+            raise FederatedError(f"the SuperLink run ended {status}; its ServerApp log is in {logs / 'flwr_run.log'}"
+                                 f"{_exited_clients(clients, logs)}")
+        for process in clients:  # Fleet nodes serve until told to stop, like flwr's SuperNode
+            process.send_signal(signal.SIGTERM)
+        _wait_for_clients(clients, logs)
+        log.info("federated: all %d Fleet nodes exited with code 0", len(clients))
+    finally:
+        for process in reversed(started):
+            _stop_tree(process)
+    outcome = json.loads((work / "outcome.json").read_text())
+    if outcome["failures"]:
+        raise FederatedError("client failures during the run (see the client logs in "
+                             f"{logs}):\n" + "\n".join(outcome["failures"]))
+    rounds = [RoundScores(r["round"], Scores(r["loss"], r["accuracy"], r["macro_f1"], np.array(r["confusion_matrix"])),
+                          r["seconds"], {int(k): v for k, v in r["client_accuracy"].items()})
+              for r in outcome["rounds"]]
+    for record in rounds:
+        label = "initial model" if record.round == 0 else f"round {record.round}/{settings.rounds}"
+        log.info("federated %s: test accuracy %.4f, macro-F1 %.4f, loss %.4f", label,
+                 record.scores.accuracy, record.scores.macro_f1, record.scores.loss)
+    log.info("federated: SuperLink run done in %.1f s", time.perf_counter() - began)
+    if len(rounds) != settings.rounds + 1:
+        raise FederatedError(f"expected {settings.rounds + 1} evaluations, got {len(rounds)}; see {logs}")
+    return FederatedOutcome("superlink", rounds)
+
+
+def _wait_listening(port: int, process: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise FederatedError(f"flower-superlink did not start listening on {port}; its log:\n"
+                         f"{log_path.read_text(errors='replace')[-2000:]}")
+
+
+def _run_status(flwr_run_log: Path, env: dict, work: Path) -> str:
+    """The run's status as the SuperLink reports it (`flwr run` exits 0 even if the ServerApp failed)."""
+    match = re.search(r"Successfully started run (\d+)", flwr_run_log.read_text(errors="replace"))
+    if match is None:
+        raise FederatedError(f"flwr run started no run; see {flwr_run_log}")
+    listed = subprocess.run([str(VENV_BIN / "flwr"), "ls", "local", "--run-id", match.group(1), "--format", "json"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    try:
+        return json.loads(listed.stdout)["runs"][0]["status"]
+    except (ValueError, KeyError, IndexError):
+        raise FederatedError(f"flwr ls gave no status:\n{listed.stdout}\n{listed.stderr}") from None
+
+
+def _stop_tree(process: subprocess.Popen) -> None:
+    """SIGTERM a process started in its own session and everything in that session, then SIGKILL.
+
+    flower-superlink starts flower-superexec and flwr-serverapp in sessions of their own; they
+    watch their parent's pid and exit when it is gone.
+    """
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
