@@ -30,7 +30,7 @@ bench: proto
 	$(PY) -m bench.run
 
 # A longer, time-boxed fuzzing campaign of every decoder of peer bytes (atheris/libFuzzer);
-# crashes are written to fuzz-crashes/. FUZZ_SECONDS=3600 make fuzz for an hour.
+# crashes are written to results/fuzz-crashes/. FUZZ_SECONDS=3600 make fuzz for an hour.
 FUZZ_SECONDS ?= 300
 fuzz: proto
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[fuzz]'

@@ -10,7 +10,7 @@ Targets, each seeded with the golden vectors (``kit/vectors``):
   FedprotoError.
 
 Any other exception is a crash: libFuzzer stops and writes the exact input to
-``fuzz-crashes/<target>-crash-<sha1>``; this script then prints it as a Python bytes literal,
+``results/fuzz-crashes/<target>-crash-<sha1>``; this script then prints it as a Python bytes literal,
 ready to become a case in ``tests/test_fuzz_regressions.py``.
 
     .venv/bin/python tests/fuzz_campaign.py --seconds 300            # all targets, split evenly
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VECTORS = ROOT / "kit" / "vectors"
-CRASH_DIR = ROOT / "fuzz-crashes"
+CRASH_DIR = ROOT / "results" / "fuzz-crashes"  # /results/ is git-ignored
 TARGETS = ("npy", "session", "reply")
 
 
@@ -106,7 +106,7 @@ def run_target(target: str, libfuzzer_args: list[str]) -> None:
 
 
 def campaign(seconds: int, targets: list[str]) -> int:
-    CRASH_DIR.mkdir(exist_ok=True)
+    CRASH_DIR.mkdir(parents=True, exist_ok=True)
     crashes = 0
     share = max(seconds // len(targets), 1)
     for target in targets:
