@@ -50,6 +50,17 @@ def hidden_units(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+SERVERS = ("fedproto", "flwr", "superlink")
+
+
+def server_list(text: str) -> tuple[str, ...]:
+    kinds = tuple(text.split(","))
+    unknown = [kind for kind in kinds if kind not in SERVERS]
+    if unknown or len(set(kinds)) != len(kinds):
+        raise argparse.ArgumentTypeError(f"expected distinct servers among {', '.join(SERVERS)}, got {text!r}")
+    return kinds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m har",
@@ -82,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=DEFAULTS.seed,
                           help="seeds the initial weights and every shuffle (default: %(default)s)")
     run = parser.add_argument_group("run")
-    run.add_argument("--server", choices=["fedproto", "flwr", "superlink"], default="fedproto",
+    run.add_argument("--server", type=server_list, default=("fedproto",), metavar="KIND[,KIND...]",
                      help="fedproto: our reference server (default); flwr: flwr.server.start_server, "
                           "an interop demo with the same edge clients; superlink: today's Flower, "
-                          "flower-superlink + flwr run of har/superlink_app, the clients as Fleet nodes")
+                          "flower-superlink + flwr run of har/superlink_app, the clients as Fleet nodes. "
+                          "Several, comma-separated (e.g. fedproto,flwr,superlink): each runs the same "
+                          "federated job and they are reported side by side; the first is the main one")
     run.add_argument("--port", type=int, default=0, help="server port on 127.0.0.1 (default: a free one)")
     run.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                      help="output folder (default: %(default)s)")
@@ -161,8 +174,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     baseline_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    outcome = federated.run_federated(prepared, settings, start, out, args.server,
-                                      paradigms.scorer(prepared, settings), port=args.port)
+    outcomes = [  # several servers: each its own partitions and logs, in OUT/<server>/
+        federated.run_federated(prepared, settings, start, out if len(args.server) == 1 else out / kind, kind,
+                                paradigms.scorer(prepared, settings), port=args.port)
+        for kind in args.server
+    ]
+    outcome = outcomes[0]
     federated_seconds = time.perf_counter() - clock
 
     data_summary = {
@@ -173,17 +190,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "client_subjects": [[int(s) for s in group] for group in prepared.client_subjects],
     }
     document = report.results_document(data_summary, settings.as_dict(), central, local,
-                                       prepared.client_subjects, outcome)
+                                       prepared.client_subjects, outcomes)
     paths = [
         report.write_json(document, out),
-        report.plot_accuracy(outcome, central, local, out),
+        report.plot_accuracy(outcomes, central, local, out),
         report.plot_confusion(outcome.final.scores, out,
                               f"federated model after {settings.rounds} rounds ({source}, test set)"),
     ]
     print()
     print(f"HAR results ({source}, {len(prepared.test)} test windows, same budget: "
           f"{settings.epochs} epochs per paradigm)")
-    print(report.table(central, local, prepared.client_subjects, outcome, settings.epochs))
+    print(report.table(central, local, prepared.client_subjects, outcomes, settings.epochs))
     final = outcome.final.scores
     local_mean = report.mean_scores(local)["accuracy"]
     print(f"\nfederated final vs centralized: {100 * (final.accuracy - central.accuracy):+.2f} accuracy points; "

@@ -22,16 +22,17 @@ def mean_scores(scores: list[Scores]) -> dict[str, float]:
 
 
 def table(centralized: Scores, local: list[Scores], client_subjects: list[np.ndarray],
-          federated: FederatedOutcome, epochs: int) -> str:
-    """The results as aligned text: one line per paradigm, federated one per round."""
+          outcomes: list[FederatedOutcome], epochs: int) -> str:
+    """The results as aligned text: one line per paradigm, federated one per server and round."""
     rows = [(f"centralized ({epochs} epochs on all training windows)", centralized.accuracy, centralized.macro_f1)]
     for number, (scores, subjects) in enumerate(zip(local, client_subjects), start=1):
         rows.append((f"local-only client {number} (subjects {_span(subjects)})", scores.accuracy, scores.macro_f1))
     local_mean = mean_scores(local)
     rows.append(("local-only, mean over clients", local_mean["accuracy"], local_mean["macro_f1"]))
-    for record in federated.rounds:
-        name = "initial model" if record.round == 0 else f"round {record.round}"
-        rows.append((f"federated ({federated.server}) {name}", record.scores.accuracy, record.scores.macro_f1))
+    for federated in outcomes:
+        for record in federated.rounds:
+            name = "initial model" if record.round == 0 else f"round {record.round}"
+            rows.append((f"federated ({federated.server}) {name}", record.scores.accuracy, record.scores.macro_f1))
     width = max(len(name) for name, _, _ in rows)
     lines = [f"{'paradigm':<{width}}  accuracy  macro-F1", "-" * (width + 20)]
     lines += [f"{name:<{width}}  {accuracy:8.4f}  {f1:8.4f}" for name, accuracy, f1 in rows]
@@ -46,8 +47,12 @@ def _span(subjects: np.ndarray) -> str:
 
 
 def results_document(data: dict, settings: dict, centralized: Scores, local: list[Scores],
-                     client_subjects: list[np.ndarray], federated: FederatedOutcome) -> dict:
-    """Everything measured, and nothing that changes between two identical runs (no timings)."""
+                     client_subjects: list[np.ndarray], outcomes: list[FederatedOutcome]) -> dict:
+    """Everything measured, and nothing that changes between two identical runs (no timings).
+
+    ``federated`` is the first server's run; ``federated_by_server`` holds every server's run of
+    the same job, side by side (one entry when a single server ran).
+    """
     return {
         "classes": list(ACTIVITIES),
         "data": data,
@@ -58,14 +63,19 @@ def results_document(data: dict, settings: dict, centralized: Scores, local: lis
                         for number, (scores, subjects) in enumerate(zip(local, client_subjects), start=1)],
             "mean": mean_scores(local),
         },
-        "federated": {
-            "server": federated.server,
-            "rounds": [{"round": r.round, "loss": r.scores.loss, "accuracy": r.scores.accuracy,
-                        "macro_f1": r.scores.macro_f1,
-                        "client_accuracy": {str(k): v for k, v in sorted(r.client_accuracy.items())}}
-                       for r in federated.rounds],
-            "final": federated.final.scores.as_dict(),
-        },
+        "federated": _federated_entry(outcomes[0]),
+        "federated_by_server": {outcome.server: _federated_entry(outcome) for outcome in outcomes},
+    }
+
+
+def _federated_entry(federated: FederatedOutcome) -> dict:
+    return {
+        "server": federated.server,
+        "rounds": [{"round": r.round, "loss": r.scores.loss, "accuracy": r.scores.accuracy,
+                    "macro_f1": r.scores.macro_f1,
+                    "client_accuracy": {str(k): v for k, v in sorted(r.client_accuracy.items())}}
+                   for r in federated.rounds],
+        "final": federated.final.scores.as_dict(),
     }
 
 
@@ -75,16 +85,19 @@ def write_json(document: dict, out: Path) -> Path:
     return path
 
 
-def plot_accuracy(federated: FederatedOutcome, centralized: Scores, local: list[Scores], out: Path) -> Path:
+def plot_accuracy(outcomes: list[FederatedOutcome], centralized: Scores, local: list[Scores], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r.round for r in federated.rounds]
+    rounds = [r.round for r in outcomes[0].rounds]
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    axes.plot(rounds, [r.scores.accuracy for r in federated.rounds], marker="o",
-              label=f"federated, FedAvg ({federated.server} server, {len(local)} clients)")
+    markers = ["o", "s", "^"]
+    for index, federated in enumerate(outcomes):  # same job, so identical curves overlap: offset the markers
+        axes.plot([r.round for r in federated.rounds], [r.scores.accuracy for r in federated.rounds],
+                  marker=markers[index % len(markers)], markersize=7 - 2 * index, linewidth=2.2 - 0.6 * index,
+                  label=f"federated, FedAvg ({federated.server} server, {len(local)} clients)")
     axes.axhline(centralized.accuracy, color="tab:green", linestyle="--",
                  label=f"centralized ({centralized.accuracy:.3f})")
     local_mean = mean_scores(local)["accuracy"]

@@ -29,6 +29,7 @@ def test_har_on_superlink_with_fleet_nodes(spawn, small_dataset, tmp_path):
     results = json.loads((out / "results.json").read_text())
     federated = results["federated"]
     assert federated["server"] == "superlink"
+    assert results["federated_by_server"] == {"superlink": federated}
     assert [r["round"] for r in federated["rounds"]] == [0, 1, 2]
     for record in federated["rounds"]:
         assert all(math.isfinite(record[key]) for key in ("loss", "accuracy", "macro_f1"))
@@ -41,3 +42,16 @@ def test_har_on_superlink_with_fleet_nodes(spawn, small_dataset, tmp_path):
     flwr_run_log = (out / "logs" / "flwr_run.log").read_text()
     assert "Starting HarFedAvg strategy" in flwr_run_log
     assert (out / "federated_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_server_list_accepts_the_three_servers_once_each():
+    import argparse
+
+    from har.cli import build_parser, server_list
+
+    assert server_list("superlink") == ("superlink",)
+    assert build_parser().parse_args(["--server", "fedproto,flwr,superlink"]).server == (
+        "fedproto", "flwr", "superlink")
+    for bad in ("superlinks", "flwr,flwr", "fedproto,", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            server_list(bad)
