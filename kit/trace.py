@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import io
 import itertools
 import json
 import logging
@@ -34,10 +33,12 @@ from typing import Any, TextIO
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from fedproto.codec import CodecError, scalars_from_proto
-from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage
+from fedproto.codec import CodecError, read_npy_header, scalar_from_proto
+from fedproto.dispatch import parse_instruction
+from fedproto.errors import FedprotoError
+from fedproto.server_role import enum_name, parse_reply
+from fedproto.transport_pb2 import Code, Reason
 from fedproto.wire import JOIN_METHOD, message_size_options
 from server.endpoint import join_handler
 
@@ -74,13 +75,15 @@ class StreamTrace:
 
 def describe(data: bytes, direction: str) -> dict[str, Any]:
     """What a message holds, as JSON-ready values. Never raises: bad input is described as such."""
-    cls = ServerMessage if direction == TO_CLIENT else ClientMessage
-    record: dict[str, Any] = {"message": cls.__name__, "size": len(data)}
+    # Parsed as the client (fedproto.dispatch) and the server (fedproto.server_role) parse them.
+    parse = parse_instruction if direction == TO_CLIENT else parse_reply
+    record: dict[str, Any] = {"message": "ServerMessage" if direction == TO_CLIENT else "ClientMessage",
+                              "size": len(data)}
     try:
-        message = cls.FromString(data)
-    except DecodeError as error:
+        message = parse(data)
+    except FedprotoError as error:
         record["oneof"] = None
-        record["error"] = f"not a valid {cls.__name__} ({error})"
+        record["error"] = str(error)
         return record
     kind = message.WhichOneof("msg")
     record["oneof"] = kind
@@ -90,9 +93,9 @@ def describe(data: bytes, direction: str) -> dict[str, Any]:
     if kind == "reconnect_ins":
         record["seconds"] = inner.seconds
     if kind == "disconnect_res":
-        record["reason"] = _enum_name(Reason, inner.reason)
+        record["reason"] = enum_name(Reason, inner.reason)
     if inner.DESCRIPTOR.fields_by_name.get("status"):
-        record["status"] = {"code": _enum_name(Code, inner.status.code), "message": inner.status.message}
+        record["status"] = {"code": enum_name(Code, inner.status.code), "message": inner.status.message}
     if inner.DESCRIPTOR.fields_by_name.get("parameters"):
         record["tensor_type"] = inner.parameters.tensor_type
         record["tensors"] = [_npy_header(t) for t in inner.parameters.tensors]
@@ -106,28 +109,21 @@ def describe(data: bytes, direction: str) -> dict[str, Any]:
     return record
 
 
-def _enum_name(enum: Any, value: int) -> str:
-    return enum.Name(value) if value in enum.values() else str(value)
-
-
 def _npy_header(data: bytes) -> dict[str, Any]:
-    """dtype and shape from the .npy header alone (the data is not decoded)."""
-    buffer = io.BytesIO(data)
+    """dtype and shape from the .npy header, checked as the codec checks it (the data is not decoded)."""
     try:
-        version = np.lib.format.read_magic(buffer)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _fortran, dtype = read_header(buffer)
-    except (ValueError, EOFError, OSError) as error:
-        return {"error": f"not a valid .npy tensor ({error})", "size": len(data)}
-    return {"dtype": dtype.str, "shape": list(shape), "size": len(data)}
+        header = read_npy_header(data)
+    except CodecError as error:
+        return {"error": f"not a valid .npy tensor ({error.reason})", "size": len(data)}
+    return {"dtype": header.dtype.str, "shape": list(header.shape), "size": len(data)}
 
 
 def _scalars(values: Any, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, scalar in values.items():
         try:
-            value = scalars_from_proto({key: scalar}, name)[key]
-        except CodecError:
+            value = scalar_from_proto(scalar, f"{name}[{key!r}]")
+        except CodecError:  # no kind set: shown as null, the message is still relayed
             value = None
         out[key] = {"bytes_hex": value.hex()} if isinstance(value, bytes) else value
     return dict(sorted(out.items()))
