@@ -1,6 +1,6 @@
 """Golden vectors for the Fleet API's object format: a few messages as their exact objects.
 
-    python -m kit.make_fleet_vectors [DIR]        (default: kit/vectors/fleet)
+    python -m kit.make_fleet_vectors [DIR]        (default: kit/fleet_vectors)
 
 Each vector is one Message deflated by fedproto.objects (tests/test_objects.py proves every one
 byte-identical to flwr 1.42's ``deflate()``): ``manifest.json`` gives its metadata, content (or
@@ -49,7 +49,8 @@ from fedproto.objects import (
     deflate_message,
 )
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "vectors" / "fleet"
+# Not under kit/vectors/: tests/test_kit_vectors.py expects that folder to hold the Join vectors only.
+DEFAULT_DIR = Path(__file__).resolve().parent / "fleet_vectors"
 MANIFEST = "manifest.json"
 UINT64_FIELDS = ("run_id", "src_node_id", "dst_node_id", "src_task_id", "dst_task_id")
 

@@ -1,6 +1,6 @@
 """fedproto.objects against flwr 1.42's own deflate()/inflate(), the golden vectors, and hostile trees.
 
-Every vector of kit/vectors/fleet is built twice, with our types and with flwr's (Message,
+Every vector of kit/fleet_vectors is built twice, with our types and with flwr's (Message,
 RecordDict, ArrayRecord, Array, ConfigRecord, MetricRecord), and deflated by each side: ids,
 object bytes, push order and ObjectTree must be equal. Then each side inflates the other's
 objects. The hostile cases forge objects with correct hashes (the forge helpers below) so each
