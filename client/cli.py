@@ -1,4 +1,8 @@
-"""fedproto-client: run a NumPyClient-style handler against any Flower (grpc-bidi) server."""
+"""fedproto-client: serve a NumPyClient-style handler to a Flower server.
+
+``--server`` joins a grpc-bidi server (``FlowerService.Join``: flwr's ``start_server``, ours);
+``--superlink`` joins the Fleet API of ``flower-superlink`` as a node (``client/fleet.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from client.app import Retry, run_client
+from client.fleet import TRANSPORTS, run_node
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
 EPILOG = """\
@@ -22,7 +27,16 @@ The handler is any object with flwr NumPyClient method names (no flwr import nee
 A missing method is answered with its *_NOT_IMPLEMENTED status; an exception inside one is
 logged and answered with a non-OK status, so the server counts a failure and we stay joined.
 
+The same handler serves both. On a SuperLink it answers the ServerApp's "train" / "evaluate"
+messages, in the message-API layout ({"arrays", "config"} -> fit; the reply carries the metrics
+plus "num-examples", evaluate's loss under "eval_loss") and in the layout of legacy strategies
+run in a ServerApp (fitins.* / evaluateins.*): see docs/fleet-node.md.
+
 examples:
+  # a node of flower-superlink (started with --insecure); stop it with Ctrl-C or SIGTERM
+  fedproto-client --superlink 127.0.0.1:9093 --app client.demo:make_client
+  # gRPC-rere Fleet API (SuperLink run with FLWR_INTERNAL_GRPC_FLEET_API=1, --fleet-api-address)
+  fedproto-client --superlink 127.0.0.1:9092 --fleet-transport grpc-rere --app my_app:MyClient
   # two clients next to flwr's own server (python examples/flwr_server.py --address 127.0.0.1:8080 ...)
   DEMO_PARTITION=0 fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client
   DEMO_PARTITION=1 python -m client --server 127.0.0.1:8080 --app client.demo:make_client
@@ -30,11 +44,15 @@ examples:
   fedproto-client --server example.org:8443 --root-certificates ca.pem --app my_app:MyClient
 
 exit codes:
-  0  the server ended the session (ReconnectIns with seconds = 0)
-  1  the server sent something that is not a valid instruction
-  2  usage error (bad option, --app cannot be loaded, PEM file unreadable)
-  3  retries used up without a working stream (server down, wrong port, message too big)
+  0  --server: the server ended the session (ReconnectIns with seconds = 0)
+     --superlink: stopped by SIGINT/SIGTERM (after DeactivateNode and UnregisterNode)
+  1  the server sent something that is not a valid instruction / breaks the Fleet protocol
+  2  usage error (bad option, --app cannot be loaded, PEM file unreadable, the [fleet] extra
+     missing: pip install 'fedproto[fleet]')
+  3  retries used up without a working stream or answer (server down, wrong port, message too big)
   4  TLS handshake failed (wrong CA, name not in the server's certificate, not a TLS server)
+  5  --superlink: the SuperLink refused to register or activate this node (key already in use,
+     SuperNode authentication enabled and this key not registered with `flwr supernode register`)
 """
 
 
@@ -68,6 +86,27 @@ def server_address(text: str) -> str:
     return text
 
 
+def heartbeat_seconds(text: str) -> float:
+    """argparse type for --heartbeat-interval: the SuperLink accepts 10 to 1800 s."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 10 <= value <= 1800:
+        raise argparse.ArgumentTypeError(f"expected seconds from 10 to 1800 (what the SuperLink accepts), got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
@@ -87,22 +126,39 @@ def non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedproto-client",
-        description="Join a Flower server over FlowerService.Join and serve a NumPy handler.",
+        description="Serve a NumPy handler to a Flower server: join a grpc-bidi server (--server) "
+                    "or become a node of flower-superlink's Fleet API (--superlink).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--server", required=True, type=server_address, metavar="HOST:PORT",
-                        help="server address, e.g. 127.0.0.1:8080 or [::1]:8080")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--server", type=server_address, metavar="HOST:PORT",
+                        help="grpc-bidi server (FlowerService.Join), e.g. 127.0.0.1:8080 or [::1]:8080")
+    target.add_argument("--superlink", type=server_address, metavar="HOST:PORT",
+                        help="flower-superlink's Fleet API, e.g. 127.0.0.1:9093 (needs pip install 'fedproto[fleet]')")
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR",
                         help="handler instance, class or zero-argument factory, e.g. client.demo:make_client")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
-                        help="CA bundle that signed the server's certificate; enables TLS")
+                        help="CA bundle that signed the server's certificate; enables TLS (https / secure channel)")
     parser.add_argument("--max-message-length", type=positive_int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
                         help="largest message sent or accepted (default: %(default)s = 512 MiB, as flwr documents)")
     parser.add_argument("--retries", type=positive_int, default=Retry.attempts, metavar="N",
-                        help="joins in a row that fail before the server's first message, then exit 3 (default: %(default)s)")
+                        help="failures in a row (no stream / no answer) before exiting with 3 (default: %(default)s)")
     parser.add_argument("--retry-delay", type=non_negative_float, default=Retry.first_delay, metavar="SECONDS",
                         help="first backoff delay, doubled each failure up to 30 s (default: %(default)s)")
+    fleet = parser.add_argument_group("Fleet API (--superlink only)")
+    fleet.add_argument("--fleet-transport", choices=TRANSPORTS, default="http",
+                       help="http: POST /v1/fleet/... on the SuperLink's port (default); grpc-rere: unary gRPC, "
+                            "for a SuperLink started with FLWR_INTERNAL_GRPC_FLEET_API=1")
+    fleet.add_argument("--node-key", type=Path, metavar="PEM",
+                       help="unencrypted EC private key (PKCS#8 or SEC1 PEM) that signs every request; "
+                            "default: a fresh SECP384R1 key per run. Make one with: openssl ecparam "
+                            "-name secp384r1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out node.pem")
+    fleet.add_argument("--heartbeat-interval", type=heartbeat_seconds, default=30.0, metavar="SECONDS",
+                       help="interval announced to the SuperLink; heartbeats go every (interval - 5) x 0.8 s, "
+                            "the node counts as offline 2 x interval after the last one (default: %(default)s)")
+    fleet.add_argument("--poll-interval", type=positive_seconds, default=3.0, metavar="SECONDS",
+                       help="how often an idle node asks for messages (default: %(default)s, like flower-supernode)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -120,13 +176,34 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the user's module or factory: any failure is a usage error
         print(f"fedproto-client: cannot load --app {args.app}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    if args.superlink is None and (args.fleet_transport != "http" or args.node_key is not None):
+        print("fedproto-client: --fleet-transport and --node-key need --superlink", file=sys.stderr)
+        return 2
     try:
+        node_key = args.node_key.read_bytes() if args.node_key else None
+    except OSError as error:
+        print(f"fedproto-client: cannot read --node-key: {error}", file=sys.stderr)
+        return 2
+    retry = Retry(attempts=args.retries, first_delay=args.retry_delay)
+    try:
+        if args.superlink is not None:
+            return run_node(
+                args.superlink,
+                handler,
+                transport=args.fleet_transport,
+                root_certificates=root_certificates,
+                node_key_pem=node_key,
+                heartbeat_interval=args.heartbeat_interval,
+                poll_interval=args.poll_interval,
+                max_message_length=args.max_message_length,
+                retry=retry,
+            )
         return run_client(
             args.server,
             handler,
             root_certificates=root_certificates,
             max_message_length=args.max_message_length,
-            retry=Retry(attempts=args.retries, first_delay=args.retry_delay),
+            retry=retry,
         )
     except KeyboardInterrupt:
         return 130
