@@ -268,7 +268,9 @@ def _key(key: object, where: str) -> str:
     return key
 
 
-def deflate_message(metadata: Metadata, content: RecordDict | None = None, error: Error | None = None) -> DeflatedMessage:
+def deflate_message(
+    metadata: Metadata, content: RecordDict | None = None, error: Error | None = None
+) -> DeflatedMessage:
     """A message -> its id, the proto for PushMessages, its ObjectTree and objects (flwr's deflate()).
 
     ``metadata.message_id`` is ignored (the id is computed); exactly one of ``content`` and
@@ -281,7 +283,9 @@ def deflate_message(metadata: Metadata, content: RecordDict | None = None, error
     if content is not None:
         if not isinstance(content, Mapping):
             raise CodecError("content", f"expected a dict of records, got {type(content).__name__}")
-        records = {_key(name, "content"): deflater.record(record, f"content[{name!r}]") for name, record in content.items()}
+        records = {
+            _key(name, "content"): deflater.record(record, f"content[{name!r}]") for name, record in content.items()
+        }
         children = [deflater.mapping("RecordDict", records)]
     body_metadata = Metadata()
     body_metadata.CopyFrom(metadata)
@@ -442,7 +446,8 @@ class _Inflater:
             error = proto.error
         else:
             if len(header.child_ids) != 1:
-                raise ObjectError(oid, f"a Message without error has one child, its RecordDict; it lists {len(header.child_ids)}")
+                listed = len(header.child_ids)
+                raise ObjectError(oid, f"a Message without error has one child, its RecordDict; it lists {listed}")
             content = self.record_dict(tree.children[0])
         metadata = proto.metadata
         metadata.message_id = oid
@@ -508,7 +513,8 @@ class _Inflater:
             raise ObjectError(oid, "Array arraychunk_ids is a list of ints")
         for index in indices:
             if not 0 <= index < len(header.child_ids):
-                raise ObjectError(oid, f"chunk index {index} is out of range (the header lists {len(header.child_ids)} chunks)")
+                listed = len(header.child_ids)
+                raise ObjectError(oid, f"chunk index {index} is out of range (the header lists {listed} chunks)")
         if len(set(indices)) != len(header.child_ids):
             raise ObjectError(oid, "the header lists a chunk that arraychunk_ids never uses")
         chunks = [self.chunk(child) for child in tree.children]
