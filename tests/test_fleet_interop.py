@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(240)
 APP = "superlink_app.handlers:make_client"
 RUN_TIMEOUT = 150.0
 # The node's idle poll; flwr's SuperNode (and our default) waits 3 s between empty pulls.
-NODE_ARGS: list[str] = []
+NODE_ARGS = ["--poll-interval", "0.2"]
 ERROR_CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
 
 
@@ -42,11 +42,12 @@ def run_config(result_dir, **overrides) -> dict:
 
 
 def start_nodes(harness: Harness, clients: list[int], transport: str = "http",
-                env: dict[int, dict[str, str]] | None = None) -> list[Process]:
+                env: dict[int, dict[str, str]] | None = None,
+                extra_args: list[str] | None = None) -> list[Process]:
     return [
         harness.start_fedproto_node(
             f"node{client}", APP, env={"FLEET_CLIENT": str(client), **(env or {}).get(client, {})},
-            extra_args=NODE_ARGS, transport=transport,
+            extra_args=NODE_ARGS + (extra_args or []), transport=transport,
         )
         for client in clients
     ]
@@ -110,6 +111,18 @@ def assert_message_api_replies(report: dict, clients: list[int], rounds: int) ->
             assert reply["metrics"][EVAL_LOSS_KEY] == pytest.approx(
                 evaluate_loss(client, global_model), rel=1e-6
             )
+
+
+def test_reference_run_two_flower_supernodes(superlink_harness, tmp_path):
+    """The harness and the expected arithmetic, checked with flwr's own SuperNode and ClientApp."""
+    harness = superlink_harness()
+    harness.start_superlink()
+    supernodes = [harness.start_supernode(f"supernode{c}", f"client={c}") for c in (0, 1)]
+    report, arrays = run(harness, tmp_path, "reference", strategy="message", **{"num-rounds": 2})
+    assert_arrays_equal(arrays, expected_fedavg([[0, 1]] * 2))
+    assert_message_api_replies(report, [0, 1], rounds=2)
+    for supernode in supernodes:
+        supernode.stop()
 
 
 def test_message_api_fedavg_three_rounds_two_nodes(superlink_harness, tmp_path):
@@ -182,13 +195,15 @@ def test_model_above_one_chunk_both_directions(superlink_harness, tmp_path):
 
 
 def test_fit_outlasting_two_heartbeat_intervals(superlink_harness, tmp_path):
-    # The SuperLink accepts heartbeat intervals in [10, 1800] s and counts a node offline
-    # 2 x interval after its last heartbeat; our node announces 30 s. A fit of 65 s outlasts two
-    # intervals: without heartbeats during fit, the reply would come back as NODE_UNAVAILABLE.
-    fit_seconds = 65.0
+    # The SuperLink accepts heartbeat intervals in [10, 1800] s (flwr's HEARTBEAT_MIN/MAX_INTERVAL)
+    # and counts a node offline 2 x interval after its last heartbeat. With the smallest interval
+    # a fit of 22 s outlasts two: without heartbeats during fit, the node would be offline and its
+    # reply would come back to the ServerApp as a NODE_UNAVAILABLE error.
+    interval, fit_seconds = 10, 22.0
     harness = superlink_harness()
     harness.start_superlink()
-    [node] = start_nodes(harness, [0], env={0: {"FLEET_FIT_SLEEP": str(fit_seconds)}})
+    [node] = start_nodes(harness, [0], env={0: {"FLEET_FIT_SLEEP": str(fit_seconds)}},
+                         extra_args=["--heartbeat-interval", str(interval)])
     started = time.monotonic()
     report, arrays = run(harness, tmp_path, "slow", strategy="message",
                          **{"num-rounds": 1, "min-nodes": 1})
