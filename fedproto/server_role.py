@@ -14,8 +14,15 @@ Invariants
    transport's job: a reply that comes too late, or unasked, ends that client's stream.)
 2. A reply counts only if it parses as a ClientMessage, is the kind asked for, carries status OK,
    every tensor is one plain .npy, no floating-point tensor (or loss) is NaN or Inf, and a FitRes
-   matches the global model (:func:`check_update`, the one place an update is compared with the
-   model). Anything else is a :class:`ReplyError`, never an exception of another type.
+   matches the global model in tensor count, shapes and dtypes, byte order included
+   (:func:`check_update`, the one place an update is compared with the model). Anything else is a
+   :class:`ReplyError`, never an exception of another type.
+5. An initial model (GetParametersRes) has at least one tensor and only numeric ones (ints,
+   uints, floats, complex; not bool): it is what every update is checked against, and an
+   average of it must be a model of the same dtype (:func:`check_initial_model`).
+6. Peer text (a Status message) is escaped onto one line and cut before it enters a reason, and
+   each reply's metrics or properties are capped at ``MAX_METRICS`` entries
+   (``fedproto.text.bound_metrics``) as they are decoded.
 3. A strategy never sees protobuf: results carry NumPy arrays and dicts of Python scalars.
 4. ReconnectIns ends a stream: ``seconds=0`` means "we are done, do not come back", ``seconds>0``
    "come back after that long". The reply, DisconnectRes, carries only a reason; flwr's server
@@ -54,6 +61,7 @@ from fedproto.codec import (
     scalars_to_proto,
 )
 from fedproto.errors import FedprotoError
+from fedproto.text import bound_metrics, bound_text
 from fedproto.transport_pb2 import ClientMessage, Code, ServerMessage
 
 NDArrays = list[np.ndarray]
@@ -100,7 +108,11 @@ class FailureKind(enum.Enum):
     MALFORMED = "malformed"  # bytes that are not a ClientMessage
     BAD_TENSOR = "bad_tensor"  # a tensor that is not one plain .npy (pickled, truncated...)
     NON_FINITE = "non_finite"  # NaN or Inf in the parameters or the loss
-    SHAPE_MISMATCH = "shape_mismatch"  # FitRes tensors not shaped like the global model
+    SHAPE_MISMATCH = "shape_mismatch"  # FitRes tensors not as many, or not shaped, as the global model's
+    # A dtype of its own (not shape_mismatch): a float64 or big-endian update of a float32 model is
+    # a different fault (a client that trains in another precision) and would change the model's dtype.
+    DTYPE_MISMATCH = "dtype_mismatch"  # FitRes tensors of another dtype or byte order than the model's
+    UNUSABLE_MODEL = "unusable_model"  # GetParametersRes with no tensors, or a tensor that is not a number
 
 
 @dataclass(frozen=True)
@@ -186,7 +198,7 @@ def reply_of_kind(reply: ClientMessage, field: str) -> Any:
 def check_status(status: Any) -> None:
     """STATUS unless ``status`` is OK (a client reports a failed or missing handler this way)."""
     if status.code != Code.OK:
-        raise ReplyError(FailureKind.STATUS, f"{enum_name(Code, status.code)}: {status.message}")
+        raise ReplyError(FailureKind.STATUS, f"{enum_name(Code, status.code)}: {bound_text(status.message)}")
 
 
 def expect(reply: ClientMessage, field: str) -> Any:
@@ -219,6 +231,11 @@ def decode_scalars(values: Any, field: str) -> dict[str, ScalarValue]:
         raise ReplyError(FailureKind.MALFORMED, str(error)) from None
 
 
+def decode_metrics(values: Any, field: str) -> dict[str, ScalarValue]:
+    """A reply's metrics or properties, capped at ``MAX_METRICS`` entries, text bounded (invariant 6)."""
+    return bound_metrics(decode_scalars(values, field))
+
+
 def check_num_examples(num_examples: int, res_name: str) -> int:
     """The field is an int64 on the wire: a negative count would turn FedAvg's weights around."""
     if num_examples < 0:
@@ -229,7 +246,9 @@ def check_num_examples(num_examples: int, res_name: str) -> int:
 def check_update(parameters: NDArrays, model: NDArrays) -> None:
     """An update must match the global model tensor for tensor, or averaging it fails for everyone.
 
-    The one place a FitRes is compared with the model (SHAPE_MISMATCH): count, then shapes.
+    The one place a FitRes is compared with the model: count and shapes (SHAPE_MISMATCH), then
+    dtypes, byte order included (DTYPE_MISMATCH): averaged in, a float64 or int8 update would
+    make the model's dtype depend on which reply came first.
     """
     if len(parameters) != len(model):
         raise ReplyError(FailureKind.SHAPE_MISMATCH,
@@ -239,17 +258,37 @@ def check_update(parameters: NDArrays, model: NDArrays) -> None:
             raise ReplyError(FailureKind.SHAPE_MISMATCH,
                              f"FitRes.parameters.tensors[{index}] has shape {array.shape}, "
                              f"the model's is {reference.shape}")
+    for index, (array, reference) in enumerate(zip(parameters, model, strict=True)):
+        if array.dtype != reference.dtype:
+            raise ReplyError(FailureKind.DTYPE_MISMATCH,
+                             f"FitRes.parameters.tensors[{index}] has dtype {array.dtype.str}, "
+                             f"the model's is {reference.dtype.str}")
+
+
+def check_initial_model(arrays: NDArrays, field: str) -> None:
+    """UNUSABLE_MODEL unless ``arrays`` can be the global model (invariant 5).
+
+    An empty model would turn :func:`check_update` off; a bool tensor cannot be averaged into a
+    bool. (The codec has already refused every dtype that is not bool or a number.)
+    """
+    if not arrays:
+        raise ReplyError(FailureKind.UNUSABLE_MODEL, f"{field} holds no tensors")
+    for index, array in enumerate(arrays):
+        if not np.issubdtype(array.dtype, np.number):
+            raise ReplyError(FailureKind.UNUSABLE_MODEL,
+                             f"{field}.tensors[{index}] has dtype {array.dtype}, not a number")
 
 
 def decode_get_properties_res(reply: ClientMessage) -> dict[str, ScalarValue]:
     body = expect(reply, "get_properties_res")
-    return decode_scalars(body.properties, "GetPropertiesRes.properties")
+    return decode_metrics(body.properties, "GetPropertiesRes.properties")
 
 
 def decode_get_parameters_res(reply: ClientMessage) -> NDArrays:
     body = expect(reply, "get_parameters_res")
     arrays = decode_tensors(body.parameters, "GetParametersRes.parameters")
     check_finite(arrays, "GetParametersRes.parameters")
+    check_initial_model(arrays, "GetParametersRes.parameters")
     return arrays
 
 
@@ -261,7 +300,7 @@ def decode_fit_res(reply: ClientMessage, model: NDArrays) -> FitRes:
     if model:
         check_update(parameters, model)
     return FitRes(parameters, check_num_examples(body.num_examples, "FitRes"),
-                  decode_scalars(body.metrics, "FitRes.metrics"))
+                  decode_metrics(body.metrics, "FitRes.metrics"))
 
 
 def decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:
@@ -269,7 +308,7 @@ def decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:
     if not math.isfinite(body.loss):
         raise ReplyError(FailureKind.NON_FINITE, f"EvaluateRes.loss is {body.loss}")
     return EvaluateRes(float(body.loss), check_num_examples(body.num_examples, "EvaluateRes"),
-                       decode_scalars(body.metrics, "EvaluateRes.metrics"))
+                       decode_metrics(body.metrics, "EvaluateRes.metrics"))
 
 
 def decode_disconnect_res(reply: ClientMessage) -> int:

@@ -133,6 +133,14 @@ FAILURES = [
      FailureKind.SHAPE_MISMATCH, "FitRes.parameters has 1 tensors, the model has 2"),
     ("fit", ClientMessage(fit_res={"status": OK, "parameters": ndarrays_to_parameters([MODEL[0].T, MODEL[1]])}),
      FailureKind.SHAPE_MISMATCH, "FitRes.parameters.tensors[0] has shape (3, 2), the model's is (2, 3)"),
+    ("fit", ClientMessage(fit_res={"status": OK, "parameters": ndarrays_to_parameters(
+        [MODEL[0], MODEL[1].astype(">f8")])}),
+     FailureKind.DTYPE_MISMATCH, "FitRes.parameters.tensors[1] has dtype >f8, the model's is <f8"),
+    ("get_parameters", ClientMessage(get_parameters_res={"status": OK}), FailureKind.UNUSABLE_MODEL,
+     "GetParametersRes.parameters holds no tensors"),
+    ("get_parameters", ClientMessage(get_parameters_res={"status": OK, "parameters": ndarrays_to_parameters(
+        [MODEL[0], np.array([True, False])])}), FailureKind.UNUSABLE_MODEL,
+     "GetParametersRes.parameters.tensors[1] has dtype bool, not a number"),
     ("fit", ClientMessage(fit_res={"status": OK, "parameters": ndarrays_to_parameters(MODEL), "num_examples": -1}),
      FailureKind.MALFORMED, "FitRes.num_examples is negative (-1)"),
     ("fit", ClientMessage(fit_res={"status": OK, "parameters": ndarrays_to_parameters(MODEL),
