@@ -31,7 +31,8 @@ weighted by num_examples (flwr's FedAvg), then evaluates. The initial parameters
 Each round prints one line:
   round 2/5: fit 4 ok 1 failed | evaluate 4 ok 0 failed | loss 0.612 distributed | 0.41 s
 and each failed client one warning saying why (stream_closed, timeout, status, wrong_reply,
-malformed, bad_tensor, non_finite, shape_mismatch). Failed clients are left out of the average.
+malformed, bad_tensor, non_finite, shape_mismatch, dtype_mismatch). Failed clients are left out
+of the average. A round in which clients it asked have left ends with "| 3 of 4 clients live".
 
 examples:
   # 3 rounds as soon as 2 clients are connected
@@ -56,7 +57,8 @@ examples:
   fedproto-server --certificates ca.pem server.pem server.key --rounds 3
 
 exit codes: 0 done, 1 unreadable checkpoint or parameters file, 2 usage error,
-            3 not enough clients within --wait-timeout, 4 cannot listen (address, TLS files)
+            3 not enough clients within --wait-timeout, or no client gave a usable initial model
+              (without --initial-parameters), 4 cannot listen (address, TLS files)
 """
 
 

@@ -11,7 +11,10 @@ One round, as flwr's ``Server.fit`` does it:
 5. The round goes into the History; with a checkpoint directory, parameters + History are saved.
 
 Before the first round the parameters come from ``strategy.initialize_parameters`` or, if it
-has none, from a GetParametersIns to one connected client (another is asked if that one fails).
+has none, from a GetParametersIns to one connected client (another is asked if that one fails,
+or answers with no tensors or a non-numeric one; if all fail, :class:`NoInitialParameters`).
+Each round ends with one log line; it is a WARNING ending "| 3 of 4 clients live" when clients
+asked during the round have left by its end.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ DISCONNECT_TIMEOUT_SECONDS = 10.0
 
 class ClientsUnavailable(TimeoutError):
     """Fewer clients than the strategy needs connected within ``wait_timeout``."""
+
+
+class NoInitialParameters(ClientsUnavailable):
+    """No connected client answered GetParametersIns with a usable model (and the strategy has none).
+
+    The run cannot start: every update is checked against the global model, and an empty one
+    would let any update (the first to arrive, or clients of different shapes) define it.
+    """
 
 
 @dataclass
@@ -125,9 +136,11 @@ async def _run_round(
 ) -> NDArrays:
     started = time.perf_counter()
     record = RoundRecord(server_round)
+    asked: set[str] = set()  # ids of the clients sent an instruction this round
 
     await _wait_for_clients(strategy, clients, config.wait_timeout)
     instructions = strategy.configure_fit(server_round, parameters, clients)
+    asked.update(client.cid for client, _ in instructions)
     if instructions:
         replies = await _send_all(instructions, encode_fit_ins, config.round_timeout)
         results, failures = _sort_replies(
@@ -145,6 +158,7 @@ async def _run_round(
     await _wait_for_clients(strategy, clients, config.wait_timeout)
     distributed_loss = None
     instructions = strategy.configure_evaluate(server_round, parameters, clients)
+    asked.update(client.cid for client, _ in instructions)
     if instructions:
         replies = await _send_all(instructions, encode_evaluate_ins, config.round_timeout)
         results, failures = _sort_replies(server_round, "evaluate", instructions, replies, decode_evaluate_res)
@@ -157,10 +171,16 @@ async def _run_round(
 
     record.seconds = time.perf_counter() - started
     history.rounds.append(record)
-    log.info("round %d/%d: fit %d ok %d failed | evaluate %d ok %d failed | loss %s | %.2f s",
-             server_round, config.rounds, record.fit_ok, len(record.fit_failures),
-             record.evaluate_ok, len(record.evaluate_failures),
-             _describe_losses(distributed_loss, centralized), record.seconds)
+    # Clients asked in this round that have left since (stream closed, timed out, aborted) are
+    # gone from the pool: say so, so a round that ran short of clients does not look like a full one.
+    connected = clients.all()
+    live = sum(cid in connected for cid in asked)
+    shortfall = f" | {live} of {len(asked)} clients live" if live < len(asked) else ""
+    log.log(logging.WARNING if shortfall else logging.INFO,
+            "round %d/%d: fit %d ok %d failed | evaluate %d ok %d failed | loss %s | %.2f s%s",
+            server_round, config.rounds, record.fit_ok, len(record.fit_failures),
+            record.evaluate_ok, len(record.evaluate_failures),
+            _describe_losses(distributed_loss, centralized), record.seconds, shortfall)
     return parameters
 
 
@@ -189,7 +209,8 @@ async def _initial_parameters(strategy: Strategy, clients: ClientManager, config
         return parameters
     await _wait_for_clients(strategy, clients, config.wait_timeout)
     message = encode_get_parameters_ins()
-    for client in clients.sample(clients.num_available()):
+    candidates = clients.sample(clients.num_available())
+    for client in candidates:
         try:
             reply = await client.request(message, config.round_timeout)
             parameters = decode_get_parameters_res(reply)
@@ -199,8 +220,8 @@ async def _initial_parameters(strategy: Strategy, clients: ClientManager, config
             continue
         log.info("initial parameters from client %s", client.cid)
         return parameters
-    log.warning("no client gave initial parameters: starting from empty parameters")
-    return []
+    raise NoInitialParameters(f"none of the {len(candidates)} clients asked "
+                              "gave usable initial parameters, and the strategy has none")
 
 
 async def _evaluate_centralized(

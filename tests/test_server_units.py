@@ -154,7 +154,7 @@ class ScriptedClient:
 def test_initial_parameters_come_from_the_next_client_when_one_fails(caplog):
     from fedproto.codec import ndarrays_to_parameters as to_parameters
     from fedproto.transport_pb2 import ClientMessage
-    from server.loop import LoopConfig, _initial_parameters
+    from server.loop import LoopConfig, NoInitialParameters, _initial_parameters
 
     refusal = ClientMessage(get_parameters_res={"status": {"code": 2, "message": "not implemented"}})
     wrong = ClientMessage(fit_res={})
@@ -173,12 +173,11 @@ def test_initial_parameters_come_from_the_next_client_when_one_fails(caplog):
     assert [a.tolist() for a in parameters] == [[0.0, 1.0, 2.0]]
     assert clients[2].asked == 1 and max(c.asked for c in clients) == 1  # nobody asked twice
 
-    with caplog.at_level("WARNING", logger="fedproto.server"):
-        parameters, clients = asyncio.run(initial([refusal, wrong]))
-    assert parameters == [] and [c.asked for c in clients] == [1, 1]
+    with caplog.at_level("WARNING", logger="fedproto.server"), pytest.raises(NoInitialParameters) as caught:
+        asyncio.run(initial([refusal, wrong]))
+    assert str(caught.value) == "none of the 2 clients asked gave usable initial parameters, and the strategy has none"
     assert "GET_PARAMETERS_NOT_IMPLEMENTED: not implemented" in caplog.text
     assert "expected get_parameters_res, got fit_res" in caplog.text
-    assert "no client gave initial parameters: starting from empty parameters" in caplog.text
 
 
 def fit_results_for_round(server_round: int):
