@@ -1,7 +1,9 @@
 """Tensors and Scalars to and from the wire, exactly as flwr encodes them.
 
 - A tensor is one complete .npy file written by ``numpy.save(..., allow_pickle=False)``;
-  ``Parameters.tensor_type`` is ``"numpy.ndarray"``. Decoding reads the .npy header with
+  ``Parameters.tensor_type`` is ``"numpy.ndarray"``. (Other formats, e.g. the C++ SDK's
+  "cpp_double", live in :mod:`fedproto.tensor_formats`, which ``ndarrays_to_parameters`` and
+  ``parameters_to_ndarrays`` delegate to; .npy is the default.) Decoding reads the .npy header with
   ``numpy.lib.format`` and checks it before allocating anything (:func:`read_npy_header`):
   exactly one array (no .npz), an allowed dtype, a bounded shape, and exactly as many data
   bytes as the header announces.
@@ -38,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedproto import tensor_formats  # the module, not its names: it imports this one
 from fedproto.errors import FedprotoError
 from fedproto.text import bound_text
 from fedproto.transport_pb2 import Parameters, Scalar
@@ -205,37 +208,27 @@ def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
 
 
 def ndarrays_to_parameters(
-    arrays: Iterable[np.ndarray], field: str = "parameters", *, out: Parameters | None = None
+    arrays: Iterable[np.ndarray], field: str = "parameters", *, out: Parameters | None = None,
+    tensor_type: str = TENSOR_TYPE,
 ) -> Parameters:
-    """A list of ndarrays -> Parameters(tensors=[.npy, ...], tensor_type="numpy.ndarray").
+    """A list of ndarrays -> Parameters in format ``tensor_type`` (default .npy, "numpy.ndarray").
 
     With ``out`` (e.g. ``reply.fit_res.parameters``) the tensors are written straight into
-    that message, so each one is copied into protobuf once, not again when nesting it.
+    that message, so each one is copied into protobuf once, not again when nesting it. The
+    formats are those of :mod:`fedproto.tensor_formats`.
     """
-    if isinstance(arrays, np.ndarray):
-        raise CodecError(field, "expected a list of ndarrays, got a single ndarray")
-    try:
-        items = list(arrays)
-    except TypeError:
-        raise CodecError(field, f"expected a list of ndarrays, got {type(arrays).__name__}") from None
-    parameters = Parameters() if out is None else out
-    parameters.tensor_type = TENSOR_TYPE
-    for i, array in enumerate(items):
-        parameters.tensors.append(ndarray_to_bytes(array, f"{field}.tensors[{i}]"))
-    return parameters
+    return tensor_formats.encode_parameters(arrays, tensor_type, field, out=out)
 
 
-def parameters_to_ndarrays(parameters: Parameters, field: str = "parameters") -> list[np.ndarray]:
-    """Parameters -> list of ndarrays. An empty Parameters() (no tensors) is an empty list."""
-    if parameters.tensors and parameters.tensor_type != TENSOR_TYPE:
-        raise CodecError(
-            f"{field}.tensor_type",
-            f"unknown tensor_type {parameters.tensor_type!r} (expected {TENSOR_TYPE!r})",
-        )
-    return [
-        bytes_to_ndarray(data, f"{field}.tensors[{i}]")
-        for i, data in enumerate(parameters.tensors)
-    ]
+def parameters_to_ndarrays(
+    parameters: Parameters, field: str = "parameters", like: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Parameters -> list of ndarrays, in the format its ``tensor_type`` names.
+
+    An empty Parameters() (no tensors) is an empty list. ``like`` (the global model) gives a
+    shapeless format such as "cpp_double" its shapes and dtypes (:mod:`fedproto.tensor_formats`).
+    """
+    return tensor_formats.decode_parameters(parameters, field, like)
 
 
 # ---------------------------------------------------------------------------- scalars

@@ -96,7 +96,9 @@ def get_format(tensor_type: str, field: str = "parameters") -> TensorFormat:
         return _FORMATS[tensor_type]
     except (KeyError, TypeError):
         known = ", ".join(repr(name) for name in _FORMATS)
-        raise codec.CodecError(f"{field}.tensor_type", f"unknown tensor_type {tensor_type!r} (known: {known})") from None
+        raise codec.CodecError(
+            f"{field}.tensor_type", f"unknown tensor_type {tensor_type!r} (expected one of {known})"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- parameters

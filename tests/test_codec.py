@@ -368,7 +368,7 @@ def test_unknown_tensor_type_is_refused(tensor_type):
         parameters_to_ndarrays(Parameters(tensors=[GOOD], tensor_type=tensor_type), "FitIns.parameters")
     assert (caught.value.field, caught.value.reason) == (
         "FitIns.parameters.tensor_type",
-        f"unknown tensor_type {tensor_type!r} (expected 'numpy.ndarray')",
+        f"unknown tensor_type {tensor_type!r} (expected one of 'numpy.ndarray', 'cpp_double')",
     )
 
 

@@ -262,7 +262,7 @@ def test_unknown_tensor_type_is_a_protocol_error():
     with pytest.raises(ProtocolError) as caught:
         ClientSession(Recorder()).receive(server_message("evaluate_ins", parameters=parameters))
     assert str(caught.value) == (
-        "EvaluateIns.parameters.tensor_type: unknown tensor_type 'torch.Tensor' (expected 'numpy.ndarray')"
+        "EvaluateIns.parameters.tensor_type: unknown tensor_type 'torch.Tensor' (expected one of 'numpy.ndarray', 'cpp_double')"
     )
 
 

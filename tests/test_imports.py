@@ -19,6 +19,7 @@ CORE = [
     "fedproto",
     "fedproto.transport_pb2",
     "fedproto.codec",
+    "fedproto.tensor_formats",
     "fedproto.dispatch",
     "fedproto.server_role",
     "fedproto.wire",
