@@ -26,6 +26,7 @@ The handler is any object with flwr NumPyClient method names (no flwr import nee
   get_properties(config)        -> dict            (optional, like every method)
 A missing method is answered with its *_NOT_IMPLEMENTED status; an exception inside one is
 logged and answered with a non-OK status, so the server counts a failure and we stay joined.
+On a SuperLink both become the reply's Message.error (code 2, like flwr's ClientApp).
 
 The same handler serves both. On a SuperLink it answers the ServerApp's "train" / "evaluate"
 messages, in the message-API layout ({"arrays", "config"} -> fit; the reply carries the metrics
@@ -34,7 +35,7 @@ run in a ServerApp (fitins.* / evaluateins.*): see docs/fleet-node.md.
 
 examples:
   # a node of flower-superlink (started with --insecure); stop it with Ctrl-C or SIGTERM
-  fedproto-client --superlink 127.0.0.1:9093 --app client.demo:make_client
+  fedproto-client --superlink 127.0.0.1:8000 --app client.demo:make_client
   # gRPC-rere Fleet API (SuperLink run with FLWR_INTERNAL_GRPC_FLEET_API=1, --fleet-api-address)
   fedproto-client --superlink 127.0.0.1:9092 --fleet-transport grpc-rere --app my_app:MyClient
   # two clients next to flwr's own server (python examples/flwr_server.py --address 127.0.0.1:8080 ...)
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--server", type=server_address, metavar="HOST:PORT",
                         help="grpc-bidi server (FlowerService.Join), e.g. 127.0.0.1:8080 or [::1]:8080")
     target.add_argument("--superlink", type=server_address, metavar="HOST:PORT",
-                        help="flower-superlink's Fleet API, e.g. 127.0.0.1:9093 (needs pip install 'fedproto[fleet]')")
+                        help="flower-superlink's Fleet API, e.g. 127.0.0.1:8000, its default (needs pip install 'fedproto[fleet]')")
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR",
                         help="handler instance, class or zero-argument factory, e.g. client.demo:make_client")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",

@@ -62,6 +62,9 @@ EXIT_USAGE = 2  # like argparse: the [fleet] extra is not installed, --node-key 
 
 TRANSPORTS = ("http", "grpc-rere")
 CALL_TIMEOUT = 60.0  # seconds one request may take (objects are at most 5 MiB plus a header)
+# flower-superlink (uvicorn) closes a keep-alive connection after 5 s without a request. Reusing
+# one that may be closed fails the next request, so a connection idle this long is not reused.
+KEEPALIVE_IDLE = 4.0
 PROTOBUF = "application/protobuf"
 
 
@@ -139,8 +142,11 @@ class HttpFleet:
         if root_certificates is not None:
             self.tls = ssl.create_default_context(cadata=root_certificates.decode("ascii"))
         self.connection: http.client.HTTPConnection | None = None
+        self.last_used = 0.0
 
     def call(self, rpc: str, request: bytes) -> bytes:
+        if self.connection is not None and time.monotonic() - self.last_used > KEEPALIVE_IDLE:
+            self.close()
         if self.connection is None:
             if self.tls is None:
                 self.connection = http.client.HTTPConnection(self.host, self.port, timeout=CALL_TIMEOUT)
@@ -155,6 +161,7 @@ class HttpFleet:
             if length > self.max_length:
                 raise Unreachable(f"{rpc}: response of {length} bytes is above --max-message-length")
             body = response.read(self.max_length + 1)
+            self.last_used = time.monotonic()
         except ssl.SSLError as error:  # certificate not trusted, not a TLS server, ...
             self.close()
             raise TlsFailure(str(error)) from None
