@@ -323,7 +323,7 @@ def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, stop_reque
         try:
             response = fleet.call(step.rpc, step.request)
         except Refused as refused:
-            log.debug("%s refused: %s", step.rpc, refused)
+            log.warning("%s refused by the SuperLink: %s", step.rpc, refused)
             session.refused(refused.refusal, time.time())
             return None
         except TlsFailure as error:
