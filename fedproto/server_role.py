@@ -13,7 +13,8 @@ Invariants
 1. The server speaks first, and each instruction gets exactly one reply, in order. (Timing is the
    transport's job: a reply that comes too late, or unasked, ends that client's stream.)
 2. A reply counts only if it parses as a ClientMessage, is the kind asked for, carries status OK,
-   every tensor is one plain .npy, no floating-point tensor (or loss) is NaN or Inf, and a FitRes
+   every tensor decodes in the format its ``tensor_type`` names (``fedproto.tensor_formats``: .npy or
+   cpp_double, shaped by the global model), no floating-point tensor (or loss) is NaN or Inf, and a FitRes
    matches the global model in tensor count, shapes and dtypes, byte order included
    (:func:`check_update`, the one place an update is compared with the model). Anything else is a
    :class:`ReplyError`, never an exception of another type.
@@ -55,6 +56,7 @@ from fedproto.codec import (
     CodecError,
     ScalarValue,
     all_finite,
+    TENSOR_TYPE,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
     scalars_from_proto,
@@ -106,7 +108,7 @@ class FailureKind(enum.Enum):
     STATUS = "status"  # the reply carries a non-OK Status (e.g. the handler raised)
     WRONG_REPLY = "wrong_reply"  # a valid ClientMessage, but not the answer to what was asked
     MALFORMED = "malformed"  # bytes that are not a ClientMessage
-    BAD_TENSOR = "bad_tensor"  # a tensor that is not one plain .npy (pickled, truncated...)
+    BAD_TENSOR = "bad_tensor"  # a tensor that does not decode (pickled, truncated, unknown tensor_type...)
     NON_FINITE = "non_finite"  # NaN or Inf in the parameters or the loss
     SHAPE_MISMATCH = "shape_mismatch"  # FitRes tensors not as many, or not shaped, as the global model's
     # A dtype of its own (not shape_mismatch): a float64 or big-endian update of a float32 model is
@@ -156,14 +158,18 @@ def encode_get_parameters_ins(config: Config | None = None) -> bytes:
     return ServerMessage(get_parameters_ins=body).SerializeToString()
 
 
-def encode_fit_ins(ins: FitIns) -> bytes:
-    body = ServerMessage.FitIns(parameters=ndarrays_to_parameters(ins.parameters, "fit_ins.parameters"),
+def encode_fit_ins(ins: FitIns, tensor_type: str = TENSOR_TYPE) -> bytes:
+    """FitIns with its tensors in format ``tensor_type`` (the one the receiving client speaks)."""
+    parameters = ndarrays_to_parameters(ins.parameters, "fit_ins.parameters", tensor_type=tensor_type)
+    body = ServerMessage.FitIns(parameters=parameters,
                                 config=scalars_to_proto(ins.config, "fit_ins.config"))
     return ServerMessage(fit_ins=body).SerializeToString()
 
 
-def encode_evaluate_ins(ins: EvaluateIns) -> bytes:
-    body = ServerMessage.EvaluateIns(parameters=ndarrays_to_parameters(ins.parameters, "evaluate_ins.parameters"),
+def encode_evaluate_ins(ins: EvaluateIns, tensor_type: str = TENSOR_TYPE) -> bytes:
+    """EvaluateIns with its tensors in format ``tensor_type``."""
+    parameters = ndarrays_to_parameters(ins.parameters, "evaluate_ins.parameters", tensor_type=tensor_type)
+    body = ServerMessage.EvaluateIns(parameters=parameters,
                                      config=scalars_to_proto(ins.config, "evaluate_ins.config"))
     return ServerMessage(evaluate_ins=body).SerializeToString()
 
@@ -208,12 +214,26 @@ def expect(reply: ClientMessage, field: str) -> Any:
     return body
 
 
-def decode_tensors(parameters: Any, field: str) -> NDArrays:
-    """Parameters -> NDArrays; BAD_TENSOR names the tensor that is not one plain .npy."""
+def decode_tensors(parameters: Any, field: str, like: NDArrays | None = None) -> NDArrays:
+    """Parameters -> NDArrays in the format ``tensor_type`` names; BAD_TENSOR names the tensor that
+    does not decode. ``like`` (the global model) shapes a shapeless format such as cpp_double."""
     try:
-        return parameters_to_ndarrays(parameters, field)
+        return parameters_to_ndarrays(parameters, field, like)
     except CodecError as error:
         raise ReplyError(FailureKind.BAD_TENSOR, str(error)) from None
+
+
+def reply_tensor_type(reply: ClientMessage) -> str | None:
+    """The ``tensor_type`` a client writes its tensors in, from a reply that carries tensors.
+
+    A FitRes or GetParametersRes with at least one tensor tells it; any other reply (or one with
+    no tensors) tells nothing: None. The server answers each client in the format it speaks.
+    """
+    kind = reply.WhichOneof("msg")
+    if kind not in ("fit_res", "get_parameters_res"):
+        return None
+    parameters = getattr(reply, kind).parameters
+    return parameters.tensor_type if parameters.tensors else None
 
 
 def check_finite(arrays: NDArrays, field: str) -> None:
@@ -295,7 +315,10 @@ def decode_get_parameters_res(reply: ClientMessage) -> NDArrays:
 def decode_fit_res(reply: ClientMessage, model: NDArrays) -> FitRes:
     """A FitRes answering FitIns(``model``); with no model yet (empty list), any tensors count."""
     body = expect(reply, "fit_res")
-    parameters = decode_tensors(body.parameters, "FitRes.parameters")
+    # A shapeless format (cpp_double) takes its shapes and dtypes from the model it answers; a
+    # wrong tensor count is left to check_update, which names it SHAPE_MISMATCH.
+    like = model if model and len(body.parameters.tensors) == len(model) else None
+    parameters = decode_tensors(body.parameters, "FitRes.parameters", like)
     check_finite(parameters, "FitRes.parameters")
     if model:
         check_update(parameters, model)
