@@ -1,7 +1,8 @@
 """What happened in a run: losses and metrics per round (flwr's History) plus each round's failures.
 
 Losses are ``[(round, value), ...]``; metrics are ``{name: [(round, value), ...]}``, as in
-flwr. ``rounds`` adds what flwr's History leaves out: how many clients answered each step and
+flwr. ``rounds`` adds what flwr's History leaves out: how many clients answered each step,
+which ones (``fit_clients`` made the model, ``evaluate_clients`` the distributed loss), and
 why the others did not.
 
 A History holds text that clients chose, so it is bounded (``fedproto.text``) before it is
@@ -37,7 +38,12 @@ MetricsHistory = dict[str, list[tuple[int, ScalarValue]]]
 
 @dataclass
 class RoundRecord:
-    """One round: clients that delivered a usable reply, and the failures, per step."""
+    """One round: clients that delivered a usable reply, and the failures, per step.
+
+    ``fit_clients`` are the ids of the clients whose FitRes went into the new model;
+    ``evaluate_clients`` those whose EvaluateRes make up the round's distributed loss (the
+    centralized loss is the server's own). Histories written before these fields read as [].
+    """
 
     server_round: int
     fit_ok: int = 0
@@ -45,6 +51,8 @@ class RoundRecord:
     evaluate_ok: int = 0
     evaluate_failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    fit_clients: list[str] = field(default_factory=list)
+    evaluate_clients: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +175,8 @@ def _round_to_json(record: RoundRecord) -> dict[str, Any]:
         "evaluate_ok": record.evaluate_ok,
         "evaluate_failures": [_failure_to_json(f) for f in record.evaluate_failures],
         "seconds": record.seconds,
+        "fit_clients": [bound_text(cid) for cid in record.fit_clients],
+        "evaluate_clients": [bound_text(cid) for cid in record.evaluate_clients],
     }
 
 
@@ -178,4 +188,6 @@ def _round_from_json(data: dict[str, Any]) -> RoundRecord:
         evaluate_ok=data["evaluate_ok"],
         evaluate_failures=[_failure_from_json(f) for f in data["evaluate_failures"]],
         seconds=data["seconds"],
+        fit_clients=data.get("fit_clients", []),
+        evaluate_clients=data.get("evaluate_clients", []),
     )
