@@ -236,21 +236,23 @@ def test_tls(superlink_harness, tls_files, tmp_path):
 def test_superlink_restart_mid_run_node_registers_again(superlink_harness, tmp_path):
     """The SuperLink (in-memory state) dies during a run and comes back on the same port.
 
-    What flwr's SuperNode does, and ours (docs/fleet-node.md): the old node id is unknown to the
-    new SuperLink, the node registers and activates again with the same key and serves the next
-    run; it does not exit.
+    The new SuperLink does not know any node. flwr's SuperNode (1.42) then ends itself with exit
+    code 0 ("SuperNode terminated gracefully"); ours registers and activates again with the same
+    key (fedproto/node.py, invariant 6) and serves the next run without a restart.
     """
     harness = superlink_harness()
     harness.start_superlink()
     nodes = start_nodes(harness, [0, 1])
+    supernode = harness.start_supernode("supernode", "client=2")
     first = harness.start_run("interrupted", run_config=run_config(
-        tmp_path / "interrupted", strategy="message", **{"num-rounds": 50}))
+        tmp_path / "interrupted", strategy="message", **{"num-rounds": 50, "min-nodes": 3}))
     deadline = time.monotonic() + RUN_TIMEOUT
     while "[ROUND 2/50]" not in first.log():
         assert time.monotonic() < deadline, f"round 1 never ended\n{harness.logs()}"
         assert first.popen.poll() is None, f"flwr run ended early\n{harness.logs()}"
         time.sleep(0.2)
     harness.restart_superlink(down_seconds=2.0)
+    assert supernode.wait(60) == 0, harness.logs()
     assert all(node.popen.poll() is None for node in nodes), harness.logs()
     report, arrays = run(harness, tmp_path, "after_restart", strategy="message",
                          **{"num-rounds": 1})
