@@ -1,77 +1,196 @@
-"""Tensor decoding: fedproto's codec vs numpy's own .npy reader vs flwr's decoder.
+"""Codec throughput: a FitRes-carrying ClientMessage encoded and decoded, ours vs flwr's serde.
 
-    python -m bench.codec [--repeat N]
+    python -m bench.codec                       # 1 KB, 1 MB, 40 MB, 400 MB of float32
+    python -m bench.codec --sizes 1KB 40MB --repeats 5
 
-fedproto's ``bytes_to_ndarray`` parses and checks the .npy header with ``numpy.lib.format``,
-then copies the data with ``numpy.frombuffer``. The library-only way to do the same checks is
-to parse the header, then hand the bytes to ``numpy.lib.format.read_array``, which parses the
-header again. This benchmark times both, next to flwr's ``bytes_to_ndarray`` (``numpy.load``,
-no checks), for a small tensor (the 1k-parameter model of ``bench.scale``) and a large one,
-and verifies that all three decode to identical arrays. Exit 1 if they ever differ.
+For each payload size, one float32 tensor of that many bytes is
+
+- encoded: ndarrays -> the wire bytes of ``ClientMessage(fit_res=...)``. Ours is the edge
+  client's real path, ``ClientSession(handler).receive_bytes(FitIns)`` with a handler whose
+  ``fit`` returns the tensor (the FitIns it answers carries one float, so its decoding is
+  negligible from 1 MB up); flwr's is ``ndarrays_to_parameters`` -> ``serde.fit_res_to_proto``
+  -> ``ClientMessage(fit_res=...).SerializeToString()``;
+- decoded: wire bytes -> ndarrays. Ours is the server's path, ``server_role.parse_reply`` +
+  ``decode_fit_res``; flwr's is ``ClientMessage.FromString`` -> ``serde.fit_res_from_proto``
+  -> ``parameters_to_ndarrays``;
+- copied with ``numpy.ndarray.copy`` (allocation included), the memcpy reference measured in
+  the same run.
+
+Throughput is payload bytes / seconds. Each repeat times a batch of calls (enough for about
+0.2 s) and keeps the time per call; the table shows the median of the repeats and their
+min-max. Before timing, both decoders must read both encoders' bytes back to the same array
+(exit 1 otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import gc
+import os
+import statistics
 import sys
-import timeit
+import time
+from collections.abc import Callable
 
 import numpy as np
 
-from fedproto.codec import NPY_FORMAT, bytes_to_ndarray, ndarray_to_bytes
+from fedproto.dispatch import ClientSession
+from fedproto.server_role import FitIns, decode_fit_res, encode_fit_ins, parse_reply
 
-CASES = {
-    "1k float32 (32x32)": np.arange(1024, dtype=np.float32).reshape(32, 32),
-    "1M float32 (1000x1000)": np.arange(1_000_000, dtype=np.float32).reshape(1000, 1000),
-}
-
-
-def checked_then_read_array(data: bytes) -> np.ndarray:
-    """The same checks as fedproto's codec, then numpy's reader (a second header parse)."""
-    buffer = io.BytesIO(data)
-    NPY_FORMAT.read_magic(buffer)
-    NPY_FORMAT.read_array_header_1_0(buffer)
-    buffer.seek(0)
-    return NPY_FORMAT.read_array(buffer, allow_pickle=False)
+SIZES = {"1KB": 1_000, "1MB": 1_000_000, "40MB": 40_000_000, "400MB": 400_000_000}
+QUICK_SIZES = ("1KB", "1MB", "40MB")
+BATCH_SECONDS = 0.2  # each repeat times enough calls to last about this long
+EXAMPLES = 1
 
 
-def flwr_bytes_to_ndarray(data: bytes) -> np.ndarray:
-    from flwr.compat.common.parameter import bytes_to_ndarray as flwr_decode
+class ReturnsTensor:
+    """The edge client's handler: ``fit`` returns the prepared tensor, no compute."""
 
-    return flwr_decode(data)
+    def __init__(self, tensor: np.ndarray) -> None:
+        self.tensor = tensor
+
+    def fit(self, parameters, config):
+        return [self.tensor], EXAMPLES, {}
 
 
-DECODERS = {
-    "fedproto codec (frombuffer)": bytes_to_ndarray,
-    "header check + read_array": checked_then_read_array,
-    "flwr (numpy.load, no checks)": flwr_bytes_to_ndarray,
-}
+def ours_encoder(tensor: np.ndarray) -> Callable[[], bytes]:
+    fit_ins = encode_fit_ins(FitIns([np.zeros(1, np.float32)]))
+    handler = ReturnsTensor(tensor)
+    return lambda: ClientSession(handler).receive_bytes(fit_ins)
+
+
+def ours_decode(wire: bytes) -> list[np.ndarray]:
+    return decode_fit_res(parse_reply(wire), []).parameters
+
+
+def flwr_encoder(tensor: np.ndarray) -> Callable[[], bytes]:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, serde
+    from flwr.proto.transport_pb2 import ClientMessage
+
+    def encode() -> bytes:
+        res = FitRes(Status(Code.OK, "Success"), ndarrays_to_parameters([tensor]), EXAMPLES, {})
+        return ClientMessage(fit_res=serde.fit_res_to_proto(res)).SerializeToString()
+
+    return encode
+
+
+def flwr_decode(wire: bytes) -> list[np.ndarray]:
+    from flwr.common import parameters_to_ndarrays, serde
+    from flwr.proto.transport_pb2 import ClientMessage
+
+    return parameters_to_ndarrays(serde.fit_res_from_proto(ClientMessage.FromString(wire).fit_res).parameters)
+
+
+def time_per_call(call: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds per call, one value per repeat (each a batch of calls lasting ~BATCH_SECONDS)."""
+    started = time.perf_counter()
+    call()  # warm-up, and the size of a batch
+    first = time.perf_counter() - started
+    number = max(1, int(BATCH_SECONDS / max(first, 1e-7)))
+    seconds = []
+    for _ in range(repeats):
+        gc.collect()
+        started = time.perf_counter()
+        for _ in range(number):
+            call()
+        seconds.append((time.perf_counter() - started) / number)
+    return seconds
+
+
+def _same(arrays: list[np.ndarray], tensor: np.ndarray) -> bool:
+    return (len(arrays) == 1 and arrays[0].dtype == tensor.dtype and arrays[0].shape == tensor.shape
+            and np.array_equal(arrays[0], tensor))
+
+
+def measure_size(label: str, repeats: int) -> dict:
+    """Every timing of one payload size: {"operation": {"implementation": [seconds, ...]}}."""
+    payload = SIZES[label]
+    tensor = np.linspace(-1, 1, payload // 4, dtype=np.float32)
+    encoders = {"ours": ours_encoder(tensor), "flwr": flwr_encoder(tensor)}
+    decoders = {"ours": ours_decode, "flwr": flwr_decode}
+    wires = {name: encode() for name, encode in encoders.items()}
+    agree = all(_same(decode(wire), tensor) for decode in decoders.values() for wire in wires.values())
+    timings = {
+        "memcpy": {"numpy copy": time_per_call(tensor.copy, repeats)},
+        "encode": {name: time_per_call(encode, repeats) for name, encode in encoders.items()},
+        "decode": {name: time_per_call(lambda d=decode, w=wires[name]: d(w), repeats)
+                   for name, decode in decoders.items()},
+    }
+    return {"size": label, "payload_bytes": payload, "wire_bytes": {k: len(v) for k, v in wires.items()},
+            "identical_wire_bytes": wires["ours"] == wires["flwr"], "decoders_agree": agree,
+            "seconds": timings}
+
+
+def collect(repeats: int, sizes: list[str]) -> dict:
+    return {"benchmark": "codec", "repeats": repeats, "pid": os.getpid(),
+            "cases": [measure_size(label, repeats) for label in sizes]}
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one row per size and operation, GB/s as median (min-max), % of memcpy, flwr/ours."""
+    lines = ["| payload | operation | ours GB/s | flwr GB/s | memcpy GB/s | ours % of memcpy "
+             "| flwr % of memcpy | ours speed / flwr |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for case in result["cases"]:
+        payload = case["payload_bytes"]
+        memcpy = statistics.median(case["seconds"]["memcpy"]["numpy copy"])
+        for operation in ("encode", "decode"):
+            ours, flwr = (case["seconds"][operation][name] for name in ("ours", "flwr"))
+            median_ours, median_flwr = statistics.median(ours), statistics.median(flwr)
+            lines.append(
+                f"| {case['size']} | {operation} | {_rate(payload, ours)} | {_rate(payload, flwr)} "
+                f"| {payload / memcpy / 1e9:.3g} | {100 * memcpy / median_ours:.2g}% | {100 * memcpy / median_flwr:.2g}% "
+                f"| {median_flwr / median_ours:.2f}x |")
+    return "\n".join(lines)
+
+
+def _rate(payload: int, seconds: list[float]) -> str:
+    """GB/s of the median repeat, with the range over the repeats."""
+    return (f"{payload / statistics.median(seconds) / 1e9:.3g} "
+            f"({payload / max(seconds) / 1e9:.3g}-{payload / min(seconds) / 1e9:.3g})")
+
+
+def plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    labels = [case["size"] for case in result["cases"]]
+    x = np.arange(len(labels))
+    for axis, operation in zip(axes, ("encode", "decode"), strict=True):
+        bars = [("ours", operation), ("flwr", operation), ("numpy copy", "memcpy")]
+        for offset, (name, source) in zip((-0.27, 0, 0.27), bars, strict=True):
+            rates = [np.array([case["payload_bytes"] / s / 1e9 for s in case["seconds"][source][name]])
+                     for case in result["cases"]]
+            medians = [np.median(r) for r in rates]
+            errors = [[m - r.min() for m, r in zip(medians, rates, strict=True)],
+                      [r.max() - m for m, r in zip(medians, rates, strict=True)]]
+            axis.bar(x + offset, medians, 0.27, yerr=errors, capsize=3,
+                     label=name if source != "memcpy" else "memcpy (numpy copy)")
+        axis.set(xticks=x, xticklabels=labels, yscale="log", xlabel="float32 payload",
+                 title=f"{operation} a FitRes ClientMessage")
+        axis.grid(True, axis="y", which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0].set_ylabel("GB/s (median, bars: min-max of repeats)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.codec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5, help="timing repeats; the best is kept")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
+                        help="payload sizes (default: all; 400MB needs about 3 GB of memory)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (default 5)")
     args = parser.parse_args(argv)
-
-    identical = True
-    print(f"{'tensor':24} {'decoder':30} {'us per decode':>14} {'vs fedproto':>12}")
-    for case, array in CASES.items():
-        data = ndarray_to_bytes(array)
-        number = max(1, 20_000_000 // max(len(data), 20_000))
-        timings = {}
-        for name, decode in DECODERS.items():
-            decoded = decode(data)
-            identical &= (decoded.dtype == array.dtype and decoded.shape == array.shape
-                          and decoded.tobytes() == array.tobytes())
-            best = min(timeit.repeat(lambda: decode(data), number=number, repeat=args.repeat))
-            timings[name] = best / number * 1e6
-        ours = timings["fedproto codec (frombuffer)"]
-        for name, micros in timings.items():
-            print(f"{case:24} {name:30} {micros:14.1f} {micros / ours:11.2f}x")
-    print("all decoders returned identical arrays" if identical else "DECODERS DISAGREE")
-    return 0 if identical else 1
+    result = collect(args.repeats, args.sizes)
+    print(format_table(result))
+    agree = all(case["decoders_agree"] for case in result["cases"])
+    print("both decoders read both encoders' bytes back exactly" if agree else "DECODERS DISAGREE")
+    return 0 if agree else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     python -m bench.servers ours --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report ours.json
 
 Both use FedAvg with fraction 1.0 and min fit/evaluate/available clients = N, starting from
-the same 1,000-parameter model. The strategy is wrapped so that each server times its own
+the same model of zeros: a 1,000-parameter float32 vector, or with ``--side S`` one S x S float32
+tensor (the model of ``bench.client_rss`` and ``bench.rounds``). The strategy is wrapped so that each server times its own
 rounds the same way: a round starts when ``configure_fit`` returns (the N clients are
 connected and sampled) and ends when ``aggregate_evaluate`` returns (fit and evaluate of all
 N done and aggregated). Connecting the clients is timed separately and is not part of a round.
@@ -71,11 +72,13 @@ def timed(fedavg: type, clock: RoundClock) -> type:
     return TimedFedAvg
 
 
-def initial_model() -> list[np.ndarray]:
-    return [np.zeros(MODEL_SIZE, np.float32)]
+def initial_model(side: int | None = None) -> list[np.ndarray]:
+    if side is None:
+        return [np.zeros(MODEL_SIZE, np.float32)]
+    return [np.zeros((side, side), np.float32)]
 
 
-def run_flwr(address: str, clients: int, rounds: int, report: str) -> None:
+def run_flwr(address: str, clients: int, rounds: int, report: str, side: int | None) -> None:
     """flwr's legacy ``start_server`` (thread-pool gRPC server) with a timed FedAvg."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # loopback only: no telemetry requests
     from flwr.common import ndarrays_to_parameters
@@ -86,13 +89,13 @@ def run_flwr(address: str, clients: int, rounds: int, report: str) -> None:
     strategy = timed(FedAvg, clock)(
         fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
         min_evaluate_clients=clients, min_available_clients=clients,
-        initial_parameters=ndarrays_to_parameters(initial_model()),
+        initial_parameters=ndarrays_to_parameters(initial_model(side)),
     )
     start_server(server_address=address, config=ServerConfig(num_rounds=rounds), strategy=strategy)
     clock.write(report, "flwr", clients)
 
 
-def run_ours(address: str, clients: int, rounds: int, report: str) -> None:
+def run_ours(address: str, clients: int, rounds: int, report: str, side: int | None) -> None:
     """fedproto's reference server (grpc.aio) with a timed FedAvg."""
     from server import FedAvg, run_server
 
@@ -101,7 +104,7 @@ def run_ours(address: str, clients: int, rounds: int, report: str) -> None:
     strategy = timed(FedAvg, clock)(
         fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
         min_evaluate_clients=clients, min_available_clients=clients,
-        initial_parameters=initial_model(),
+        initial_parameters=initial_model(side),
     )
     run_server(address=address, strategy=strategy, rounds=rounds)
     clock.write(report, "ours", clients)
@@ -125,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="N: min fit/evaluate/available")
     parser.add_argument("--rounds", type=positive_int, default=2, help="FedAvg rounds (default 2)")
     parser.add_argument("--report", required=True, help="write the round timings here (JSON)")
+    parser.add_argument("--side", type=positive_int,
+                        help="model: one SIDE x SIDE float32 tensor (default: a 1,000-parameter vector)")
     args = parser.parse_args(argv)
-    RUNNERS[args.server](args.address, args.clients, args.rounds, args.report)
+    RUNNERS[args.server](args.address, args.clients, args.rounds, args.report, args.side)
     return 0
 
 
