@@ -14,7 +14,16 @@ Before the first round the parameters come from ``strategy.initialize_parameters
 has none, from a GetParametersIns to one connected client (another is asked if that one fails,
 or answers with no tensors or a non-numeric one; if all fail, :class:`NoInitialParameters`).
 Each round ends with one log line; it is a WARNING ending "| 3 of 4 clients live" when clients
-asked during the round have left by its end.
+asked during the round have left by its end. The line says where each loss comes from
+("distributed, N clients" or "centralized") and "model unchanged" when no FitRes went into the
+model; the History lists those clients per round. A run in which no round aggregated a single
+fit result ends with a WARNING summary (``ServerResult.learned`` is False; fedproto-server exits 5).
+
+Tensor formats: each client is sent its FitIns/EvaluateIns in the ``tensor_type`` it writes
+(:class:`ClientFormats`, learned from its last decoded FitRes or GetParametersRes), so .npy and
+cpp_double clients (Flower's C++ SDK) train together. A client not heard from yet gets the
+format of the initial model if a client gave it, else .npy. A cpp_double initial model is flat
+1-D float64 (the format carries no shape), and every update is checked against it.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedproto.codec import TENSOR_TYPE
 from fedproto.server_role import (
     EvaluateIns,
     Failure,
@@ -40,6 +50,7 @@ from fedproto.server_role import (
     encode_fit_ins,
     encode_get_parameters_ins,
     encode_reconnect_ins,
+    reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage
 from server import checkpoint
@@ -71,6 +82,37 @@ class ServerResult:
     history: History
     parameters: NDArrays  # the final global parameters
 
+    @property
+    def learned(self) -> bool:
+        """False if rounds ran and not one of them aggregated a fit result (the model never changed)."""
+        return not self.history.rounds or any(record.fit_ok for record in self.history.rounds)
+
+
+class ClientFormats:
+    """The ``tensor_type`` each connected client writes, learned from its replies.
+
+    ``default`` is for a client not heard from yet: the initial model's format when a client
+    gave it (its peers likely speak the same), else .npy, flwr's only format.
+    """
+
+    def __init__(self) -> None:
+        self.default = TENSOR_TYPE
+        self._by_client: dict[str, str] = {}
+
+    def of(self, cid: str) -> str:
+        return self._by_client.get(cid, self.default)
+
+    def learn(self, cid: str, reply: ClientMessage) -> None:
+        """Call with a reply that decoded: its format is one this server speaks."""
+        tensor_type = reply_tensor_type(reply)
+        if tensor_type is not None:
+            self._by_client[cid] = tensor_type
+
+    def keep_only(self, connected: dict[str, Any]) -> None:
+        """Forget clients that left (a client that rejoins gets a new id)."""
+        for cid in [cid for cid in self._by_client if cid not in connected]:
+            del self._by_client[cid]
+
 
 @dataclass
 class LoopConfig:
@@ -85,6 +127,7 @@ class LoopConfig:
 async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopConfig) -> ServerResult:
     """Run rounds until ``config.rounds`` are complete (counting resumed ones); see module doc."""
     restored = checkpoint.load(config.checkpoint_dir) if config.resume and config.checkpoint_dir else None
+    formats = ClientFormats()
     if restored is not None:
         parameters, history = restored.parameters, restored.history
         strategy.restore(parameters, restored.strategy_state)
@@ -93,12 +136,12 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
         if config.resume:
             log.info("no checkpoint in %s yet: starting from round 1", config.checkpoint_dir)
         history = History()
-        parameters = await _initial_parameters(strategy, clients, config)
+        parameters = await _initial_parameters(strategy, clients, config, formats)
         await _evaluate_centralized(strategy, 0, parameters, history)
 
     started, first_round = time.perf_counter(), history.last_round + 1
     for server_round in range(first_round, config.rounds + 1):
-        parameters = await _run_round(strategy, clients, config, server_round, parameters, history)
+        parameters = await _run_round(strategy, clients, config, server_round, parameters, history, formats)
         # Off the event loop: fsyncing a large model must not stall the streams.
         if config.checkpoint_dir is not None:
             await asyncio.to_thread(checkpoint.save, config.checkpoint_dir, server_round, parameters,
@@ -109,7 +152,14 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
         _write_history(config.history_path, history)
     log.info("finished: %d/%d rounds complete, %d run now in %.2f s", history.last_round, config.rounds,
              max(history.last_round - first_round + 1, 0), time.perf_counter() - started)
-    return ServerResult(history, parameters)
+    result = ServerResult(history, parameters)
+    if not result.learned:
+        failures = [f for record in history.rounds for f in record.fit_failures]
+        kinds = sorted({f.kind.value for f in failures})
+        log.warning("nothing learned: none of the %d round(s) aggregated a fit result (%d fit failures: %s); "
+                    "the final model is the initial one", len(history.rounds), len(failures),
+                    ", ".join(kinds) or "no client was asked to fit")
+    return result
 
 
 async def disconnect_all(clients: ClientManager) -> None:
@@ -132,7 +182,7 @@ async def disconnect_all(clients: ClientManager) -> None:
 
 async def _run_round(
     strategy: Strategy, clients: ClientManager, config: LoopConfig,
-    server_round: int, parameters: NDArrays, history: History,
+    server_round: int, parameters: NDArrays, history: History, formats: ClientFormats,
 ) -> NDArrays:
     started = time.perf_counter()
     record = RoundRecord(server_round)
@@ -142,13 +192,14 @@ async def _run_round(
     instructions = strategy.configure_fit(server_round, parameters, clients)
     asked.update(client.cid for client, _ in instructions)
     if instructions:
-        replies = await _send_all(instructions, encode_fit_ins, config.round_timeout)
+        replies = await _send_all(instructions, encode_fit_ins, config.round_timeout, formats)
         results, failures = _sort_replies(
-            server_round, "fit", instructions, replies, lambda reply: decode_fit_res(reply, parameters))
+            server_round, "fit", instructions, replies, lambda reply: decode_fit_res(reply, parameters), formats)
         record.fit_ok, record.fit_failures = len(results), failures
         aggregated, metrics = await asyncio.to_thread(strategy.aggregate_fit, server_round, results, failures)
         if aggregated is not None:
             parameters = aggregated
+            record.fit_clients = [client.cid for client, _ in results]
         history.add_metrics_distributed_fit(server_round, metrics)
     else:
         log.info("round %d: no clients selected for fit, keeping the parameters", server_round)
@@ -160,36 +211,44 @@ async def _run_round(
     instructions = strategy.configure_evaluate(server_round, parameters, clients)
     asked.update(client.cid for client, _ in instructions)
     if instructions:
-        replies = await _send_all(instructions, encode_evaluate_ins, config.round_timeout)
-        results, failures = _sort_replies(server_round, "evaluate", instructions, replies, decode_evaluate_res)
+        replies = await _send_all(instructions, encode_evaluate_ins, config.round_timeout, formats)
+        results, failures = _sort_replies(
+            server_round, "evaluate", instructions, replies, decode_evaluate_res, formats)
         record.evaluate_ok, record.evaluate_failures = len(results), failures
         distributed_loss, metrics = await asyncio.to_thread(
             strategy.aggregate_evaluate, server_round, results, failures)
         if distributed_loss is not None:
             history.add_loss_distributed(server_round, distributed_loss)
             history.add_metrics_distributed(server_round, metrics)
+            record.evaluate_clients = [client.cid for client, _ in results]
 
     record.seconds = time.perf_counter() - started
     history.rounds.append(record)
     # Clients asked in this round that have left since (stream closed, timed out, aborted) are
     # gone from the pool: say so, so a round that ran short of clients does not look like a full one.
     connected = clients.all()
+    formats.keep_only(connected)
     live = sum(cid in connected for cid in asked)
     shortfall = f" | {live} of {len(asked)} clients live" if live < len(asked) else ""
     log.log(logging.WARNING if shortfall else logging.INFO,
             "round %d/%d: fit %d ok %d failed | evaluate %d ok %d failed | loss %s | %.2f s%s",
             server_round, config.rounds, record.fit_ok, len(record.fit_failures),
             record.evaluate_ok, len(record.evaluate_failures),
-            _describe_losses(distributed_loss, centralized), record.seconds, shortfall)
+            _describe_losses(distributed_loss, len(record.evaluate_clients), centralized, bool(record.fit_clients)),
+            record.seconds, shortfall)
     return parameters
 
 
-def _describe_losses(distributed: float | None, centralized: float | None) -> str:
+def _describe_losses(distributed: float | None, evaluated_by: int, centralized: float | None,
+                     model_updated: bool) -> str:
+    """E.g. "0.61 distributed (4 clients), 0.58 centralized" or "9.7e-15 distributed (2 clients), model unchanged"."""
     parts = []
     if distributed is not None:
-        parts.append(f"{distributed:.6g} distributed")
+        parts.append(f"{distributed:.6g} distributed ({evaluated_by} client{'s' if evaluated_by != 1 else ''})")
     if centralized is not None:
         parts.append(f"{centralized:.6g} centralized")
+    if not model_updated:
+        parts.append("model unchanged")
     return ", ".join(parts) or "-"
 
 
@@ -202,7 +261,11 @@ async def _wait_for_clients(strategy: Strategy, clients: ClientManager, timeout:
             f"{clients.num_available()} of the {wanted} required clients connected within {timeout:g} s")
 
 
-async def _initial_parameters(strategy: Strategy, clients: ClientManager, config: LoopConfig) -> NDArrays:
+async def _initial_parameters(
+    strategy: Strategy, clients: ClientManager, config: LoopConfig, formats: ClientFormats | None = None
+) -> NDArrays:
+    """The strategy's parameters, or the first usable model a client gives; ``formats`` learns its format."""
+    formats = formats if formats is not None else ClientFormats()
     parameters = strategy.initialize_parameters(clients)
     if parameters is not None:
         log.info("initial parameters from the strategy")
@@ -218,7 +281,9 @@ async def _initial_parameters(strategy: Strategy, clients: ClientManager, config
             log.warning("initial parameters from client %s failed: %s: %s", client.cid,
                         error.kind.value, error.reason)
             continue
-        log.info("initial parameters from client %s", client.cid)
+        formats.learn(client.cid, reply)
+        formats.default = formats.of(client.cid)  # for the clients not heard from yet
+        log.info("initial parameters from client %s (%s)", client.cid, formats.default)
         return parameters
     raise NoInitialParameters(f"none of the {len(candidates)} clients asked "
                               "gave usable initial parameters, and the strategy has none")
@@ -237,24 +302,28 @@ async def _evaluate_centralized(
 
 
 async def _send_all(
-    instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any], bytes], timeout: float | None
+    instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
+    timeout: float | None, formats: ClientFormats,
 ) -> list[ClientMessage | ReplyError]:
-    """Send every instruction at once; each client's reply or the ReplyError that replaced it."""
-    encoded: dict[int, bytes] = {}  # strategies usually give every client the same Ins object
-    for _, ins in instructions:
-        if id(ins) not in encoded:
-            encoded[id(ins)] = encode(ins)
+    """Send every instruction at once, each in its client's tensor format; each reply or its ReplyError."""
+    # Strategies usually give every client the same Ins object: encode it once per format.
+    encoded: dict[tuple[int, str], bytes] = {}
+    for client, ins in instructions:
+        key = (id(ins), formats.of(client.cid))
+        if key not in encoded:
+            encoded[key] = encode(ins, key[1])
 
     async def ask(client: ClientProxy, ins: FitIns | EvaluateIns) -> ClientMessage | ReplyError:
         try:
-            return await client.request(encoded[id(ins)], timeout)
+            return await client.request(encoded[id(ins), formats.of(client.cid)], timeout)
         except ReplyError as error:
             return error
 
     return await asyncio.gather(*(ask(client, ins) for client, ins in instructions))
 
 
-def _sort_replies(server_round: int, step: str, instructions: list, replies: list, decode) -> tuple:
+def _sort_replies(server_round: int, step: str, instructions: list, replies: list, decode,
+                  formats: ClientFormats) -> tuple:
     """Split replies into (client, Res) results and Failures, logging each failure."""
     results, failures = [], []
     for (client, _), reply in zip(instructions, replies, strict=True):
@@ -262,6 +331,7 @@ def _sort_replies(server_round: int, step: str, instructions: list, replies: lis
         if error is None:
             try:
                 results.append((client, decode(reply)))
+                formats.learn(client.cid, reply)
                 continue
             except ReplyError as decode_error:
                 error = decode_error
