@@ -20,16 +20,20 @@ EXIT_CHECKPOINT = 1  # the checkpoint directory or --initial-parameters file is 
 EXIT_USAGE = 2
 EXIT_NO_CLIENTS = 3  # --wait-timeout passed with too few clients connected
 EXIT_CANNOT_LISTEN = 4  # address in use, unknown host, unreadable TLS files
+EXIT_NOTHING_LEARNED = 5  # rounds ran, but not one aggregated a fit result: the model is the initial one
 
 EPILOG = """\
 Any Flower client that speaks the legacy gRPC transport can join: fedproto's edge client
-(fedproto-client / python -m client) or flwr's own (flwr.client.start_client). Every round
+(fedproto-client / python -m client), flwr's own (flwr.client.start_client) or Flower's C++ SDK.
+Tensor formats hosted: numpy.ndarray (.npy) and cpp_double (the C++ SDK's flat float64); each
+client is answered in the format it sends (a new one: the initial model's format). Every round
 trains on max(int(connected * fraction-fit), min-clients) clients, averages their parameters
 weighted by num_examples (flwr's FedAvg), then evaluates. The initial parameters come from
 --initial-parameters, or else from one connected client (GetParametersIns).
 
 Each round prints one line:
-  round 2/5: fit 4 ok 1 failed | evaluate 4 ok 0 failed | loss 0.612 distributed | 0.41 s
+  round 2/5: fit 4 ok 1 failed | evaluate 4 ok 0 failed | loss 0.612 distributed (4 clients) | 0.41 s
+("centralized" is the strategy's own evaluation; "model unchanged": no FitRes went into the model)
 and each failed client one warning saying why (stream_closed, timeout, status, wrong_reply,
 malformed, bad_tensor, non_finite, shape_mismatch, dtype_mismatch). Failed clients are left out
 of the average. A round in which clients it asked have left ends with "| 3 of 4 clients live".
@@ -58,7 +62,9 @@ examples:
 
 exit codes: 0 done, 1 unreadable checkpoint or parameters file, 2 usage error,
             3 not enough clients within --wait-timeout, or no client gave a usable initial model
-              (without --initial-parameters), 4 cannot listen (address, TLS files)
+              (without --initial-parameters), 4 cannot listen (address, TLS files),
+            5 nothing learned: rounds ran but none aggregated a single fit result (every fit
+              failed), so the final model is the initial one (a WARNING says why)
 """
 
 
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
 
     try:
-        run_server(
+        result = run_server(
             address=args.address,
             strategy=strategy,
             rounds=args.rounds,
@@ -197,4 +203,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CHECKPOINT
     except KeyboardInterrupt:
         return 130
-    return EXIT_OK
+    return EXIT_OK if result.learned else EXIT_NOTHING_LEARNED
