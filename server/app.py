@@ -7,6 +7,7 @@ import gc
 import logging
 from pathlib import Path
 
+from fedproto import tensor_formats
 from fedproto.wire import MAX_MESSAGE_LENGTH
 from server.client_manager import ClientManager
 from server.loop import LoopConfig, ServerResult, disconnect_all, run_rounds
@@ -36,6 +37,7 @@ def run_server(
     resume: bool = False,
     max_message_length: int = MAX_MESSAGE_LENGTH,
     wait_timeout: float | None = None,
+    tensor_type: str | None = None,
 ) -> ServerResult:
     """Serve ``FlowerService.Join`` on ``address`` and run ``rounds`` rounds of ``strategy``.
 
@@ -50,6 +52,9 @@ def run_server(
       ``resume``, continue after the last round saved there (``server.checkpoint``).
     - ``wait_timeout``: seconds to wait for the strategy's ``min_available_clients``; past it
       :class:`~server.loop.ClientsUnavailable` is raised. None waits forever.
+    - ``tensor_type``: the tensor format (``fedproto.tensor_formats``) of the first instruction
+      to a client not heard from yet; later ones use the format the client writes. None: the
+      initial model's format when a client gave it, else "numpy.ndarray".
 
     Raises :class:`~server.transport.BindError` if ``address`` cannot be listened on.
     """
@@ -57,6 +62,8 @@ def run_server(
         raise ValueError(f"rounds must be >= 0, got {rounds}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    if tensor_type is not None and tensor_type not in tensor_formats.registered():
+        raise ValueError(f"tensor_type {tensor_type!r} is not a registered format {tensor_formats.registered()}")
     config = LoopConfig(
         rounds=rounds,
         round_timeout=round_timeout,
@@ -64,6 +71,7 @@ def run_server(
         history_path=Path(history_path) if history_path is not None else None,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
         resume=resume,
+        tensor_type=tensor_type,
     )
     previous_thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *previous_thresholds[1:])

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from fedproto import tensor_formats
 from fedproto.wire import MAX_MESSAGE_LENGTH
 from server.app import run_server
 from server.checkpoint import CheckpointError, load_npz
@@ -26,7 +27,9 @@ EPILOG = """\
 Any Flower client that speaks the legacy gRPC transport can join: fedproto's edge client
 (fedproto-client / python -m client), flwr's own (flwr.client.start_client) or Flower's C++ SDK.
 Tensor formats hosted: numpy.ndarray (.npy) and cpp_double (the C++ SDK's flat float64); each
-client is answered in the format it sends (a new one: the initial model's format). Every round
+client is answered in the format it sends (a new one: --tensor-type, or else the initial
+model's format). A mixed fleet with C++ clients: --tensor-type cpp_double (fedproto's edge
+client reads it too; flwr's client does not). Every round
 trains on max(int(connected * fraction-fit), min-clients) clients, averages their parameters
 weighted by num_examples (flwr's FedAvg), then evaluates. The initial parameters come from
 --initial-parameters, or else from one connected client (GetParametersIns).
@@ -114,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue after the last round saved in --checkpoint-dir")
     parser.add_argument("--max-message-length", type=int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",
                         help="largest message sent or accepted (default: %(default)s = 512 MiB, as flwr documents)")
+    parser.add_argument("--tensor-type", choices=tensor_formats.registered(), metavar="FORMAT",
+                        help="tensor format of the first instruction to a client not heard from yet: "
+                             + " or ".join(tensor_formats.registered()) + " (default: the initial model's "
+                             "format if a client gave it, else numpy.ndarray); afterwards each client is "
+                             "answered in the format it writes")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -191,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             max_message_length=args.max_message_length,
             wait_timeout=args.wait_timeout,
+            tensor_type=args.tensor_type,
         )
     except BindError as error:
         log.error("%s", error)

@@ -22,7 +22,8 @@ fit result ends with a WARNING summary (``ServerResult.learned`` is False; fedpr
 Tensor formats: each client is sent its FitIns/EvaluateIns in the ``tensor_type`` it writes
 (:class:`ClientFormats`, learned from its last decoded FitRes or GetParametersRes), so .npy and
 cpp_double clients (Flower's C++ SDK) train together. A client not heard from yet gets the
-format of the initial model if a client gave it, else .npy. A cpp_double initial model is flat
+format of the initial model if a client gave it, else .npy (``LoopConfig.tensor_type`` fixes
+it instead: fedproto-server --tensor-type). A cpp_double initial model is flat
 1-D float64 (the format carries no shape), and every update is checked against it.
 """
 
@@ -91,12 +92,14 @@ class ServerResult:
 class ClientFormats:
     """The ``tensor_type`` each connected client writes, learned from its replies.
 
-    ``default`` is for a client not heard from yet: the initial model's format when a client
-    gave it (its peers likely speak the same), else .npy, flwr's only format.
+    ``default`` is for a client not heard from yet: ``tensor_type`` if given, else the initial
+    model's format when a client gave it (its peers likely speak the same), else .npy, flwr's
+    only format.
     """
 
-    def __init__(self) -> None:
-        self.default = TENSOR_TYPE
+    def __init__(self, tensor_type: str | None = None) -> None:
+        self.fixed = tensor_type is not None
+        self.default = tensor_type or TENSOR_TYPE
         self._by_client: dict[str, str] = {}
 
     def of(self, cid: str) -> str:
@@ -122,12 +125,13 @@ class LoopConfig:
     history_path: Path | None = None
     checkpoint_dir: Path | None = None
     resume: bool = False
+    tensor_type: str | None = None  # for clients not heard from yet; None: the initial model's format
 
 
 async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopConfig) -> ServerResult:
     """Run rounds until ``config.rounds`` are complete (counting resumed ones); see module doc."""
     restored = checkpoint.load(config.checkpoint_dir) if config.resume and config.checkpoint_dir else None
-    formats = ClientFormats()
+    formats = ClientFormats(config.tensor_type)
     if restored is not None:
         parameters, history = restored.parameters, restored.history
         strategy.restore(parameters, restored.strategy_state)
@@ -282,8 +286,9 @@ async def _initial_parameters(
                         error.kind.value, error.reason)
             continue
         formats.learn(client.cid, reply)
-        formats.default = formats.of(client.cid)  # for the clients not heard from yet
-        log.info("initial parameters from client %s (%s)", client.cid, formats.default)
+        if not formats.fixed:  # the clients not heard from yet likely speak the same
+            formats.default = formats.of(client.cid)
+        log.info("initial parameters from client %s (%s)", client.cid, formats.of(client.cid))
         return parameters
     raise NoInitialParameters(f"none of the {len(candidates)} clients asked "
                               "gave usable initial parameters, and the strategy has none")
