@@ -53,15 +53,12 @@ from __future__ import annotations
 
 import enum
 import logging
-import numbers
-import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from fedproto.codec import (
-    SINT64_MAX,
     CodecError,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
@@ -69,6 +66,7 @@ from fedproto.codec import (
     scalars_to_proto,
 )
 from fedproto.errors import FedprotoError
+from fedproto.handler import HandlerError, check_count, check_loss, unpack_result
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage, Status
 
 log = logging.getLogger(__name__)
@@ -85,8 +83,6 @@ class ProtocolError(FedprotoError):
     """The server sent something that is not a valid instruction; the stream must end."""
 
 
-class HandlerError(FedprotoError):
-    """The user's handler returned something that cannot be sent (wrong shape or kind)."""
 
 
 class Transition(NamedTuple):
@@ -252,32 +248,12 @@ def _fill_reply(kind: str, result: Any, body: Any, res: str) -> None:
     elif kind == "get_parameters_ins":
         ndarrays_to_parameters(result, f"{res}.parameters", out=body.parameters)
     elif kind == "fit_ins":
-        arrays, num_examples, metrics = _unpack(result, "fit", "(parameters, num_examples, metrics)")
+        arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
         ndarrays_to_parameters(arrays, f"{res}.parameters", out=body.parameters)
-        body.num_examples = _count(num_examples, f"{res}.num_examples")
+        body.num_examples = check_count(num_examples, f"{res}.num_examples")
         body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
     else:
-        loss, num_examples, metrics = _unpack(result, "evaluate", "(loss, num_examples, metrics)")
-        if not isinstance(loss, numbers.Real) or isinstance(loss, bool):  # float, int, NumPy floats
-            raise HandlerError(f"{res}.loss: expected a float, got {type(loss).__name__}")
-        body.loss = float(loss)
-        body.num_examples = _count(num_examples, f"{res}.num_examples")
+        loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
+        body.loss = check_loss(loss, f"{res}.loss")
+        body.num_examples = check_count(num_examples, f"{res}.num_examples")
         body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
-
-
-def _unpack(result: Any, method: str, shape: str) -> tuple[Any, Any, Any]:
-    if not isinstance(result, (tuple, list)):
-        raise HandlerError(f"{method} must return {shape}, got {type(result).__name__}")
-    if len(result) != 3:
-        raise HandlerError(f"{method} must return {shape}, got a {type(result).__name__} of {len(result)}")
-    return result[0], result[1], result[2]
-
-
-def _count(value: Any, field: str) -> int:
-    try:
-        count = operator.index(value)  # int or NumPy integer; not float, not bool-as-int
-    except TypeError:
-        raise HandlerError(f"{field}: expected an int, got {type(value).__name__}") from None
-    if isinstance(value, bool) or not 0 <= count <= SINT64_MAX:  # the field is an int64
-        raise HandlerError(f"{field}: expected a non-negative int64, got {value!r}")
-    return count

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +54,7 @@ import numpy as np
 from fedproto import objects
 from fedproto.codec import TENSOR_TYPE, CodecError
 from fedproto.errors import FedprotoError
+from fedproto.handler import HandlerError, check_count, check_loss, unpack_result
 from fedproto.error_pb2 import Error
 from fedproto.message_pb2 import Message, Metadata, ObjectTree
 
@@ -66,9 +66,6 @@ EVAL_LOSS = "eval_loss"  # where flwr's app templates put evaluate's loss
 LEGACY_STATUS_OK = {"code": 0, "message": "Success"}  # Code.OK and the text flwr's NumPyClient sends
 EMPTY_TENSOR_KEY = "_empty"  # recorddict_compat: an ArrayRecord standing for zero tensors
 
-
-class HandlerError(Exception):
-    """The handler cannot answer this message: missing method, exception, unusable result."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,7 @@ def answer(handler: Any, instruction: Instruction) -> Answer:
         if instruction.layout == "legacy":
             return Answer(_legacy_reply(instruction, result))
         return Answer(_message_api_reply(instruction, result))
-    except (HandlerError, FedprotoError) as error:
+    except FedprotoError as error:  # HandlerError, CodecError, ObjectError
         log.error("%s returned an invalid result: %s", instruction.method, error)
         return Answer(error=f"{instruction.method} returned an invalid result: {error}")
 
@@ -188,15 +185,15 @@ def _message_api_reply(instruction: Instruction, result: Any) -> dict[str, objec
     if instruction.method == "get_properties":
         return {"properties": objects.ConfigRecord(_mapping(result, "get_properties"))}
     if instruction.method == "fit":
-        arrays, num_examples, metrics = _triple(result, "fit", "(parameters, num_examples, metrics)")
+        arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
         arrays = _arrays(arrays, "fit")
         if len(arrays) != len(instruction.array_keys):
             raise HandlerError(f"fit returned {len(arrays)} arrays for the {len(instruction.array_keys)} received")
         record = _array_record(dict(zip(instruction.array_keys, arrays)))
-        metric_values = metric_record(_mapping(metrics, "fit metrics"), {NUM_EXAMPLES: _count(num_examples)})
+        metric_values = metric_record(_mapping(metrics, "fit metrics"), {NUM_EXAMPLES: check_count(num_examples, "num_examples")})
         return {instruction.array_record: record, "metrics": objects.MetricRecord(metric_values)}
-    loss, num_examples, metrics = _triple(result, "evaluate", "(loss, num_examples, metrics)")
-    reserved = {EVAL_LOSS: _loss(loss), NUM_EXAMPLES: _count(num_examples)}
+    loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
+    reserved = {EVAL_LOSS: check_loss(loss, "loss"), NUM_EXAMPLES: check_count(num_examples, "num_examples")}
     return {"metrics": objects.MetricRecord(metric_record(_mapping(metrics, "evaluate metrics"), reserved))}
 
 
@@ -209,17 +206,17 @@ def _legacy_reply(instruction: Instruction, result: Any) -> dict[str, objects.Re
     if instruction.method == "get_parameters":
         return {f"{prefix}.parameters": _legacy_arrays(_arrays(result, "get_parameters")), f"{prefix}.status": status}
     if instruction.method == "fit":
-        arrays, num_examples, metrics = _triple(result, "fit", "(parameters, num_examples, metrics)")
+        arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
         return {
             f"{prefix}.metrics": objects.ConfigRecord(_mapping(metrics, "fit metrics")),
-            f"{prefix}.num_examples": objects.MetricRecord({"num_examples": _count(num_examples)}),
+            f"{prefix}.num_examples": objects.MetricRecord({"num_examples": check_count(num_examples, "num_examples")}),
             f"{prefix}.parameters": _legacy_arrays(_arrays(arrays, "fit")),
             f"{prefix}.status": status,
         }
-    loss, num_examples, metrics = _triple(result, "evaluate", "(loss, num_examples, metrics)")
+    loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
     return {
-        f"{prefix}.loss": objects.MetricRecord({"loss": _loss(loss)}),
-        f"{prefix}.num_examples": objects.MetricRecord({"num_examples": _count(num_examples)}),
+        f"{prefix}.loss": objects.MetricRecord({"loss": check_loss(loss, "loss")}),
+        f"{prefix}.num_examples": objects.MetricRecord({"num_examples": check_count(num_examples, "num_examples")}),
         f"{prefix}.metrics": objects.ConfigRecord(_mapping(metrics, "evaluate metrics")),
         f"{prefix}.status": status,
     }
@@ -271,12 +268,6 @@ def _metric_value(value: Any) -> int | float | list[int] | list[float] | None:
     return None
 
 
-def _triple(result: Any, method: str, shape: str) -> tuple[Any, Any, Any]:
-    if not isinstance(result, (tuple, list)) or len(result) != 3:
-        raise HandlerError(f"{method} must return {shape}, got {type(result).__name__}")
-    return result[0], result[1], result[2]
-
-
 def _arrays(value: Any, method: str) -> list[np.ndarray]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(a, np.ndarray) for a in value):
         raise HandlerError(f"{method} must return a list of NumPy arrays, got {type(value).__name__}")
@@ -287,22 +278,6 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise HandlerError(f"{what}: expected a dict with str keys, got {type(value).__name__}")
     return value
-
-
-def _count(value: Any) -> int:
-    try:
-        count = operator.index(value)  # int or NumPy integer; not float, not bool-as-int
-    except TypeError:
-        raise HandlerError(f"num_examples: expected an int, got {type(value).__name__}") from None
-    if isinstance(value, (bool, np.bool_)) or not 0 <= count < 2**63:
-        raise HandlerError(f"num_examples: expected a non-negative int64, got {value!r}")
-    return count
-
-
-def _loss(value: Any) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise HandlerError(f"loss: expected a float, got {type(value).__name__}")
-    return float(value)
 
 
 # ---- the reply message ------------------------------------------------------------------------------
