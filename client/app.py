@@ -6,11 +6,15 @@ Read top to bottom, this file is the whole protocol as a client sees it:
 2. The server speaks first. Read a ServerMessage, let the session answer it
    (``fedproto.dispatch``), write the ClientMessage back. Repeat.
 3. The server ends a session with ReconnectIns, which we answer with DisconnectRes:
-   - seconds > 0: "come back later". End the call, sleep that long, join again.
+   - seconds > 0: "come back later". End the call, sleep that long (at most
+     ``max_reconnect_wait``: the server picks the number), join again.
    - seconds = 0: "we are done". End the call and exit 0.
    Ending the call is our job: flwr's server keeps it open until it shuts down.
 4. A stream that breaks (server not up yet, restarted, crashed) is joined again with
    exponential backoff, a bounded number of times, then we give up.
+5. No wait is unbounded. A server that keeps the stream open but sends nothing for
+   ``idle_timeout`` seconds is left and joined again (step 4). gRPC keepalive pings find a
+   connection whose peer is gone (host down, NAT entry dropped) within KEEPALIVE_TIMEOUT.
 
 Messages travel as raw bytes: the channel does no (de)serialization, the session parses
 and builds them, so anything malformed is reported by name instead of failing inside gRPC.
@@ -36,6 +40,22 @@ EXIT_DONE = 0  # the server ended the session (ReconnectIns with seconds = 0)
 EXIT_PROTOCOL_ERROR = 1  # the server sent something that is not a valid instruction
 EXIT_UNREACHABLE = 3  # retries used up without a working stream (server down, messages too big...)
 EXIT_TLS_ERROR = 4  # the TLS handshake failed (wrong CA, not a TLS server...)
+# (2, a usage error, and 130, Ctrl-C, come from client/cli.py.)
+
+# The longest pause a ReconnectIns can impose; a bigger `seconds` is clamped to it.
+MAX_RECONNECT_WAIT_SECONDS = 600.0
+# How long we wait for the server's next instruction before leaving the stream and joining
+# again. It bounds only the wait for the server: our own handler may take as long as it takes.
+# A server that does not pick us (fraction_fit < 1) may legitimately leave us idle for rounds,
+# so this is generous; rejoining costs a new stream and nothing else. None: wait forever (flwr).
+IDLE_TIMEOUT_SECONDS = 3600.0
+# gRPC keepalive: a PING every KEEPALIVE_SECONDS, the connection is dropped if one is not
+# acknowledged within KEEPALIVE_TIMEOUT_MS. A gRPC server (flwr's start_server, ours) counts a
+# ping less than 5 minutes (grpc.http2.min_ping_interval_without_data_ms) after the previous
+# one, while it has sent us no data, as a strike and ends the connection with GOAWAY
+# "too_many_pings" after two; 300 s is the shortest interval that can never strike.
+KEEPALIVE_SECONDS = 300.0
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 # Once our DisconnectRes is sent, how long the server gets to take it before we end the call.
 # flwr's server never ends the call itself and counts us as available until we do, so this
@@ -63,16 +83,21 @@ def run_client(
     root_certificates: bytes | None = None,
     max_message_length: int = MAX_MESSAGE_LENGTH,
     retry: Retry = Retry(),
+    max_reconnect_wait: float = MAX_RECONNECT_WAIT_SECONDS,
+    idle_timeout: float | None = IDLE_TIMEOUT_SECONDS,
+    keepalive: float = KEEPALIVE_SECONDS,
 ) -> int:
     """Serve ``handler`` to the server at ``server_address`` until it says we are done.
 
     Returns an exit code (``EXIT_*``). ``root_certificates`` (PEM bytes) switches to TLS.
+    ``max_reconnect_wait``, ``idle_timeout`` (None: forever) and ``keepalive``: see the constants.
     """
+    options = [*message_size_options(max_message_length), *keepalive_options(keepalive)]
     failures = 0  # consecutive joins that broke before the server said anything
     while True:
         session = ClientSession(handler)
         try:
-            stream = _join_once(server_address, session, root_certificates, max_message_length)
+            stream = _join_once(server_address, session, root_certificates, options, idle_timeout)
         except ProtocolError as error:
             log.error("protocol error, leaving: %s", error)
             return EXIT_PROTOCOL_ERROR
@@ -82,8 +107,13 @@ def run_client(
             return EXIT_DONE
         if stream.broken is None:  # State.RECONNECT: the server asked us to come back after a pause
             failures = 0
-            log.info("server asked us to reconnect in %d s", session.reconnect_after)
-            time.sleep(session.reconnect_after)
+            pause = min(session.reconnect_after, max_reconnect_wait)
+            if pause < session.reconnect_after:
+                log.warning("server asked us to reconnect in %d s; waiting %g s (the maximum, "
+                            "--max-reconnect-wait)", session.reconnect_after, pause)
+            else:
+                log.info("server asked us to reconnect in %d s", session.reconnect_after)
+            time.sleep(pause)
             continue
 
         if root_certificates is not None and _is_tls_failure(stream.broken):
@@ -106,17 +136,29 @@ class StreamEnd:
     broken: str | None  # why it broke (gRPC status, or closed without ReconnectIns); None: ReconnectIns
 
 
+def keepalive_options(keepalive: float) -> list[tuple[str, int]]:
+    """gRPC channel options: a keepalive PING every ``keepalive`` seconds (see KEEPALIVE_SECONDS)."""
+    return [
+        ("grpc.keepalive_time_ms", round(keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # Keep pinging while the server sends nothing (gRPC's default stops after 2 pings)...
+        ("grpc.http2.max_pings_without_data", 0),
+        # ...but only while the Join call is open, as flwr's server expects (it permits none).
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
+
+
 def _join_once(
     server_address: str,
     session: ClientSession,
     root_certificates: bytes | None,
-    max_message_length: int,
+    options: list[tuple[str, int]],
+    idle_timeout: float | None,
 ) -> StreamEnd:
     """One Join stream, until the session leaves state JOINED or the stream breaks.
 
     Raises ProtocolError if the server sends an invalid message.
     """
-    options = message_size_options(max_message_length)
     if root_certificates is None:
         channel = grpc.insecure_channel(server_address, options=options)
     else:
@@ -137,8 +179,11 @@ def _join_once(
         # No serializers: requests and responses are bytes, the session (de)serializes.
         join = channel.stream_stream(JOIN_METHOD)
         inbox = join(requests())
+        # The server's silence is bounded: past idle_timeout the alarm cancels the call.
+        silence = _SilenceAlarm(inbox, idle_timeout)
         try:
             for server_bytes in inbox:
+                silence.stop()  # the server spoke; our handler's time does not count
                 if answered == 0:
                     log.info("joined %s", server_address)  # the stream is up: the server spoke
                 started = time.perf_counter()
@@ -147,11 +192,15 @@ def _join_once(
                 _log_exchange(session, len(server_bytes), started)
                 if session.state is not State.JOINED:
                     break  # we just sent DisconnectRes: nothing more goes on this stream
+                silence = _SilenceAlarm(inbox, idle_timeout)
             else:
                 return StreamEnd(answered, "server closed the stream without a ReconnectIns")
         except grpc.RpcError as error:
+            if silence.rang.is_set():
+                return StreamEnd(answered, f"the server sent nothing for {idle_timeout:g} s (idle timeout)")
             return StreamEnd(answered, _describe(error))
         finally:
+            silence.stop()
             outbox.put(None)
         # The DisconnectRes is queued. Wait until gRPC has sent it, give the server a moment
         # to take it (or to end the call itself), then cancel: flwr unregisters us only when
@@ -162,6 +211,26 @@ def _join_once(
             call_ended.wait(DISCONNECT_GRACE_SECONDS)
         inbox.cancel()
     return StreamEnd(answered, None)
+
+
+class _SilenceAlarm:
+    """Cancels ``call`` unless :meth:`stop` is called within ``seconds`` (None: never rings)."""
+
+    def __init__(self, call: grpc.Future, seconds: float | None) -> None:
+        self.rang = threading.Event()
+        self._timer = None
+        if seconds is not None:
+            self._timer = threading.Timer(seconds, self._ring, args=(call,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _ring(self, call: grpc.Future) -> None:
+        self.rang.set()
+        call.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _describe(error: grpc.RpcError) -> str:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.app import Retry, run_client
+from client.app import IDLE_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, MAX_RECONNECT_WAIT_SECONDS, Retry, run_client
 from client.fleet import TRANSPORTS, run_node
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
@@ -50,10 +50,22 @@ exit codes:
   1  the server sent something that is not a valid instruction / breaks the Fleet protocol
   2  usage error (bad option, --app cannot be loaded, PEM file unreadable, the [fleet] extra
      missing: pip install 'fedproto[fleet]')
-  3  retries used up without a working stream or answer (server down, wrong port, message too big)
+  3  retries used up without a working stream or answer (server down, wrong port, message too big,
+     or a server that accepts the stream and never speaks: each such stream costs --idle-timeout)
   4  TLS handshake failed (wrong CA, name not in the server's certificate, not a TLS server)
   5  --superlink: the SuperLink refused to register or activate this node (key already in use,
      SuperNode authentication enabled and this key not registered with `flwr supernode register`)
+  130  --server: interrupted (Ctrl-C)
+Every exit says why in one last line: an INFO or ERROR log line, or for 2 and 130 a line on
+stderr (argparse's usage errors add its usage line above it).
+
+bounded waits (--server):
+  ReconnectIns(seconds=S) pauses min(S, --max-reconnect-wait) before joining again. A stream on
+  which the server sends nothing for --idle-timeout seconds (the wait for its next instruction,
+  not our handler's time) is left and joined again with backoff. gRPC keepalive pings every
+  --keepalive seconds drop a connection whose peer is gone (no PING ACK within 20 s); below
+  300 s a gRPC server with default settings (flwr's start_server, ours) may answer GOAWAY
+  "too_many_pings" while it has nothing to send us.
 """
 
 
@@ -147,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="failures in a row (no stream / no answer) before exiting with 3 (default: %(default)s)")
     parser.add_argument("--retry-delay", type=non_negative_float, default=Retry.first_delay, metavar="SECONDS",
                         help="first backoff delay, doubled each failure up to 30 s (default: %(default)s)")
+    bidi = parser.add_argument_group("grpc-bidi (--server only)")
+    bidi.add_argument("--max-reconnect-wait", type=non_negative_float, default=MAX_RECONNECT_WAIT_SECONDS,
+                      metavar="SECONDS", help="longest pause a ReconnectIns may impose (default: %(default)s)")
+    bidi.add_argument("--idle-timeout", type=non_negative_float, default=IDLE_TIMEOUT_SECONDS, metavar="SECONDS",
+                      help="leave and rejoin a stream on which the server sent nothing this long; "
+                           "0 waits forever, as flwr's client does (default: %(default)s)")
+    bidi.add_argument("--keepalive", type=positive_seconds, default=KEEPALIVE_SECONDS, metavar="SECONDS",
+                      help="gRPC keepalive ping interval (default: %(default)s; see 'bounded waits')")
     fleet = parser.add_argument_group("Fleet API (--superlink only)")
     fleet.add_argument("--fleet-transport", choices=TRANSPORTS, default="http",
                        help="http: POST /v1/fleet/... on the SuperLink's port (default); grpc-rere: unary gRPC, "
@@ -205,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             root_certificates=root_certificates,
             max_message_length=args.max_message_length,
             retry=retry,
+            max_reconnect_wait=args.max_reconnect_wait,
+            idle_timeout=args.idle_timeout or None,
+            keepalive=args.keepalive,
         )
     except KeyboardInterrupt:
+        print("fedproto-client: interrupted", file=sys.stderr)
         return 130
