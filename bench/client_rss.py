@@ -121,6 +121,24 @@ class MeasuredProcess:
             self.popen.wait()
 
 
+def peak_rss_kib(pid: int) -> int | None:
+    """The high-water mark of ``pid``'s resident set so far (``VmHWM``), or None once it has exited.
+
+    For a process this one started, ``os.wait4``'s ``ru_maxrss`` is not usable: Linux keeps the
+    largest of it and the spawning parent's memory across fork/vfork + exec, so a child of a
+    large benchmark process reports at least the parent's size. ``VmHWM`` belongs to the new
+    program's memory only; poll it while the process runs and keep the largest reading.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -109,7 +109,7 @@ def rounds_section(result: dict) -> str:
         "",
         f"`bench.rounds`: our server + {result['clients']} of our clients vs flwr's `start_server` + "
         f"{result['clients']} flwr clients, {result['rounds']} rounds per run, fit does no compute. "
-        "s/round: the server's clock from configure_fit to aggregate_evaluate; server peak RSS: `ru_maxrss`, "
+        "s/round: the server's clock from configure_fit to aggregate_evaluate; server peak RSS: its `VmHWM`, polled, "
         "interpreter included. Median (min-max) of the runs; *flwr / ours* above 1 means ours is faster or smaller.",
         "",
         rounds.format_table(result),

@@ -16,7 +16,7 @@ evaluate returns the mean absolute parameter, so after round r the loss must be 
 is checked (4 fit and 4 evaluate results per round, that loss) before it counts. Measured per
 run: seconds per round (the server's own clock, ``bench.servers``: configure_fit returned ->
 aggregate_evaluate returned; the clients' connecting is not included) and the server process's
-peak RSS (``os.wait4``'s ``ru_maxrss``: interpreter and imports included).
+peak RSS (its ``VmHWM``, read every 50 ms while it runs: interpreter and imports included).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.client_rss import SIDE_ENV, MeasuredProcess, free_port, wait_for_port
+from bench.client_rss import SIDE_ENV, MeasuredProcess, free_port, peak_rss_kib, wait_for_port
 from bench.loadgen import positive_int
 
 log = logging.getLogger("bench.rounds")
@@ -74,7 +74,9 @@ def run_one(server: str, side: int, rounds: int, timeout: float, workdir: Path) 
         clients = [MeasuredProcess(f"{tag}-client{i}", client_argv(server, address), workdir, env)
                    for i in range(CLIENTS)]
         deadline = started + timeout
+        server_peak_kib = 0
         while True:
+            server_peak_kib = max(server_peak_kib, peak_rss_kib(server_proc.pid) or 0)
             waited, status, usage = os.wait4(server_proc.pid, os.WNOHANG)
             if waited:
                 server_proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap again
@@ -99,7 +101,7 @@ def run_one(server: str, side: int, rounds: int, timeout: float, workdir: Path) 
     seconds = [entry["seconds"] for entry in measured]
     return {"server": server, "side": side, "parameters": side * side, "rounds": rounds,
             "round_seconds": seconds, "seconds_per_round": sum(seconds) / len(seconds),
-            "server_peak_rss_mb": usage.ru_maxrss / 1024,
+            "server_peak_rss_mb": server_peak_kib / 1024,
             "server_cpu_seconds": usage.ru_utime + usage.ru_stime,
             "client_peak_rss_mb": [client.poll().peak_rss_kib / 1024 for client in clients],
             "wall_seconds": time.monotonic() - started}

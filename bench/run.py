@@ -18,8 +18,9 @@ The benchmarks (``python -m bench.<module> --help`` for each one's own options a
 
 Every repeat is a separate measurement (for client, rounds and scale a separate set of
 processes); ours and flwr's alternate, so load from elsewhere on the machine hits both. A run
-that does not do its work (wrong aggregate, missing results, decoders disagreeing) is an error,
-never a number. flwr's server, which admits at most 1,000 streams, runs once per N above that.
+that does not do its work (wrong aggregate, missing results, decoders disagreeing, our wire
+bytes differing from flwr's for the same FitRes) is an error, never a number. flwr's server,
+which admits at most 1,000 streams, runs once per N above that.
 
 Output, in --out (default bench/results/), each benchmark's files replaced when it runs:
   NAME.json    raw numbers of every repeat, the machine and the command
@@ -65,6 +66,9 @@ def run_codec(repeats: int, quick: bool) -> dict:
     wrong = [case["size"] for case in result["cases"] if not case["decoders_agree"]]
     if wrong:
         raise BenchmarkFailed(f"codec: the decoders disagree at {wrong}")
+    different = [case["size"] for case in result["cases"] if not case["identical_wire_bytes"]]
+    if different:  # the same FitRes has one protobuf encoding; ours must be it
+        raise BenchmarkFailed(f"codec: our wire bytes differ from flwr's at {different}")
     return result
 
 

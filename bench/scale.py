@@ -9,8 +9,9 @@ after the other so they never share the CPU. Measured per run:
 
 - seconds per round: the mean of the server's own round clock (configure_fit returned ->
   aggregate_evaluate returned, N fit and N evaluate results), connection time excluded;
-- peak RSS of the server process, from ``os.wait4``'s ``ru_maxrss`` (interpreter and imports
-  included), and its CPU time (user + system) for the whole run: start, connecting, rounds, goodbye.
+- peak RSS of the server process, its ``VmHWM`` read every 0.2 s while it runs (interpreter and
+  imports included), and its CPU time (user + system, ``os.wait4``) for the whole run: start,
+  connecting, rounds, goodbye.
 
 A run still going after its timeout is killed and reported as "did not complete in T s":
 flwr's legacy server serves at most 1,000 streams (its thread pool) and refuses the rest with
@@ -33,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.client_rss import peak_rss_kib
 from bench.loadgen import positive_float, positive_int
 
 log = logging.getLogger("bench.scale")
@@ -99,7 +101,7 @@ def run_one(server: str, clients: int, rounds: int, timeout: float, processes: i
                      "--duration", f"{duration:.1f}", "--report", str(load_report)],
                     cwd=ROOT, stdout=load_log, stderr=subprocess.STDOUT,
                     start_new_session=True)  # its own group: its worker processes stop with it
-            status, rusage = _wait_or_kill(server_proc.pid, deadline)
+            status, rusage, peak_kib = _wait_or_kill(server_proc.pid, deadline)
             wall = time.monotonic() - started
             if load_proc is not None:
                 try:
@@ -112,7 +114,7 @@ def run_one(server: str, clients: int, rounds: int, timeout: float, processes: i
             if _alive(server_proc.pid):
                 server_proc.kill()
                 os.wait4(server_proc.pid, 0)
-    usage = (rusage.ru_maxrss / 1024, rusage.ru_utime + rusage.ru_stime)  # Linux: ru_maxrss in KiB
+    usage = (peak_kib / 1024, rusage.ru_utime + rusage.ru_stime)
     return _summarize(server, clients, rounds, timeout, status, wall, usage, report, load_report)
 
 
@@ -129,16 +131,19 @@ def _wait_listening(port: int, pid: int, deadline: float) -> bool:
     return False
 
 
-def _wait_or_kill(pid: int, deadline: float) -> tuple[int | None, os.struct_rusage]:
-    """(exit status or None if killed at the deadline, resource usage of the process)."""
+def _wait_or_kill(pid: int, deadline: float) -> tuple[int | None, os.struct_rusage, int]:
+    """(exit status or None if killed at the deadline, resource usage, peak RSS in KiB)."""
+    peak_kib = 0
     while time.monotonic() < deadline:
+        peak_kib = max(peak_kib, peak_rss_kib(pid) or 0)
         waited, status, rusage = os.wait4(pid, os.WNOHANG)
         if waited == pid:
-            return status, rusage
+            return status, rusage, peak_kib
         time.sleep(POLL_SECONDS)
+    peak_kib = max(peak_kib, peak_rss_kib(pid) or 0)
     os.kill(pid, signal.SIGKILL)
     _, _, rusage = os.wait4(pid, 0)
-    return None, rusage
+    return None, rusage, peak_kib
 
 
 def _alive(pid: int) -> bool:

@@ -70,3 +70,57 @@ def test_loadgen_refuses_bad_arguments_before_connecting(args, message, capsys):
         loadgen_main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- make bench (bench.run)
+
+
+def test_rounds_runs_ours_and_flwr_with_four_clients_and_checks_the_aggregate(tmp_path):
+    """One round of each side, a 10x10 model: four fits and evaluates, loss 0.01, or RunFailed."""
+    from bench import rounds
+
+    for server in rounds.SERVERS:
+        run = rounds.run_one(server, side=10, rounds=1, timeout=90, workdir=tmp_path)
+        assert (run["server"], run["parameters"], len(run["round_seconds"])) == (server, 100, 1)
+        assert len(run["client_peak_rss_mb"]) == rounds.CLIENTS
+        assert run["server_peak_rss_mb"] > 0
+
+
+def test_rounds_refuses_a_run_with_a_missing_result():
+    from bench import rounds
+
+    measured = [{"fit_results": 4, "fit_failures": 0, "evaluate_results": 3, "evaluate_failures": 1,
+                 "loss": 0.01, "seconds": 0.1}]
+    with pytest.raises(rounds.RunFailed, match=r"round 1 counted .* = \[4, 0, 3, 1\]"):
+        rounds._check("ours-10", measured, 1)
+
+
+def test_bench_run_writes_json_plot_and_summary(tmp_path, monkeypatch):
+    """``python -m bench.run --only codec``: our FitRes bytes equal flwr's, both decoders agree."""
+    from bench import codec
+    from bench.run import main as run_main
+
+    monkeypatch.setattr(codec, "SIZES", {"1KB": 1_000})  # the path of 40 MB, in a fraction of a second
+    assert run_main(["--only", "codec", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "codec.json").read_text())
+    (case,) = result["cases"]
+    assert case["identical_wire_bytes"] and case["decoders_agree"]
+    assert {len(case["seconds"][op][name]) for op, name in
+            (("encode", "ours"), ("encode", "flwr"), ("decode", "ours"), ("decode", "flwr"),
+             ("memcpy", "numpy copy"))} == {2}
+    assert result["machine"]["cores"] and result["machine"]["flwr"] == "1.42.0"
+    assert (tmp_path / "codec.png").stat().st_size > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Codec" in summary and "| 1KB | encode |" in summary and "| 1KB | decode |" in summary
+
+
+def test_summary_shows_median_spread_and_a_run_that_did_not_complete():
+    from bench.report import scale_table
+
+    def run(server, seconds, rss, completed=True):
+        return {"server": server, "clients": 5000, "completed": completed, "seconds_per_round": seconds,
+                "peak_rss_mb": rss, "cpu_seconds": 1.0, "note": "" if completed else "did not complete in 60 s (x)"}
+
+    table = scale_table({"runs": [run("ours", 5.0, 280), run("ours", 4.0, 300), run("ours", 6.5, 290),
+                                  run("flwr", None, 190, completed=False)]})
+    assert "| 5000 | 5.000 (4.000-6.500) | did not complete in 60 s | — | 290 (280-300) | 190 |" in table
