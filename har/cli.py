@@ -28,7 +28,10 @@ what it does:
   4. federated: FedAvg server in this process and --clients edge client processes
      (python -m client --app har.client_app:make_client) over gRPC on 127.0.0.1;
      --rounds rounds of --local-epochs epochs; the server scores the global model on the
-     common test set after every round.
+     common test set after every round. --server superlink: a real flower-superlink and a
+     `flwr run` of har/superlink_app (message-API FedAvg, the ServerApp scores the global model);
+     the same clients join as Fleet API nodes (python -m client --superlink ...).
+     --server fedproto,flwr,superlink runs the job on each and reports them side by side.
   Every paradigm gets the same budget: rounds x local epochs passes over its training data.
   Outputs in OUT: results.json, federated_accuracy.png, confusion_matrix.png, client logs.
 
