@@ -1,27 +1,43 @@
 """fedproto-conformance: drive one Flower client through every message and edge case.
 
 It is a gRPC server for ``FlowerService.Join`` that waits for one client, runs a fixed script
-on it and prints a pass/fail table; exit code 0 only if every check passed.
+on it and prints a table with a verdict for every step (PASS, FAIL or SKIP); exit code 0 only if
+no step failed.
 
-The script (one row of the table per step)
-------------------------------------------
-Stream 1
-  1  the client opens a Join stream
-  2  GetPropertiesIns, one config value of every Scalar kind
-  3  GetParametersIns                      -> the client's model, used below
-  4  FitIns with the model, every Scalar kind in config
-  5  EvaluateIns with the model
-  6  FitIns with empty parameters (no tensors)
-  7  FitIns with zero-size tensors, shapes (0,) and (2, 0, 3)
-  8  EvaluateIns with empty parameters
-  9  ReconnectIns(seconds=1)
- 10  the client closes the stream and sends nothing more
-Stream 2
- 11  the same host joins again, no sooner than 1 s after its DisconnectRes
- 12  GetParametersIns again
- 13  ReconnectIns(seconds=0)
- 14  the client closes the stream and sends nothing more
- 15  the client does not come back (watched for 2 s)
+The script (one row of the table per step; ``--skip``/``--only`` take the number or the name)
+-------------------------------------------------------------------------------------------------
+Required: what every client that trains must do
+  1  join                  the client opens a Join stream
+  2  get_parameters        GetParametersIns                      -> the client's model, used below
+  3  fit                   FitIns with the model, config {"server_round": 1}
+  4  evaluate              EvaluateIns with the model
+  5  reconnect             ReconnectIns(seconds=1)
+  6  close                 the client closes the stream and sends nothing more
+  7  rejoin                the same host joins again, no sooner than 1 s after its DisconnectRes
+  8  get_parameters_again  GetParametersIns again: the shapes of step 2
+Edge cases, last, so that a client that fails them still gets a verdict on everything above
+  9  get_properties        GetPropertiesIns, one config value of every Scalar kind
+ 10  fit_every_scalar      FitIns with the model, one config value of every Scalar kind
+ 11  fit_empty             FitIns with empty parameters (no tensors)
+ 12  fit_zero_size         FitIns with zero-size tensors, shapes (0,) and (2, 0, 3)
+ 13  evaluate_empty        EvaluateIns with empty parameters
+Goodbye
+ 14  goodbye               ReconnectIns(seconds=0)
+ 15  close_goodbye         the client closes the stream and sends nothing more
+ 16  stays_away            the client does not come back (watched for 2 s)
+
+A client that ends its stream instead of replying (it closed it, cancelled it or crashed: all
+read "client ended the stream instead of replying"), or that does not reply within
+``--timeout`` (the runner then ends the stream), fails that step; the runner then waits up to
+``--timeout`` for the client to join again and goes on with the next step on the new stream.
+So one step a client cannot handle hides nothing, as long as the client comes back (Flower's
+C++ SDK aborts on GetPropertiesIns; under a supervisor that restarts it, every other step still
+gets its verdict). A client that does not come back leaves the remaining steps FAIL "not run",
+which is why the edge cases come after the required steps. ``--skip STEP`` leaves a step out,
+with the steps that need it (fit and evaluate need get_parameters; close and rejoin need
+reconnect; close_goodbye and stays_away need goodbye: each ReconnectIns goes with the steps
+after it, all or none); ``--only STEP`` runs just that step plus join and what it needs.
+Skipped steps read SKIP and do not fail the run.
 
 The contract: what a conforming client must do
 ----------------------------------------------
@@ -30,14 +46,16 @@ Only what any correct client satisfies, whatever it trains:
   order, within ``--timeout`` seconds, as a valid ClientMessage.
 - Status is OK, or the method's own ``*_NOT_IMPLEMENTED`` code where allowed below (that code is
   also how a client reports a handler error). Any other code fails.
-- Tensors are valid .npy (``tensor_type`` "numpy.ndarray"), Scalars have a kind set. (Each
-  reply is decoded by the reference server's own rules, ``fedproto.server_role``.)
-- The model steps (3, 4, 5, 12) must succeed (status OK): a client that cannot answer for its
-  own model cannot train. FitRes holds as many tensors as were sent, with the same shapes, and
-  ``num_examples >= 1`` (FedAvg weighs results by it; zero would divide by zero). EvaluateRes
-  has a finite loss and ``num_examples >= 1``. Step 12 returns the shapes of step 3.
-- The edge steps (2, 6, 7, 8) may be declined with ``*_NOT_IMPLEMENTED``; if answered with OK,
-  FitRes tensors must be valid, and in step 7 have the shapes sent.
+- Tensors decode in the format ``tensor_type`` names (``fedproto.tensor_formats``: .npy, or the
+  C++ SDK's flat float64 "cpp_double", shaped like the model sent); Scalars have a kind set.
+  The runner writes its instructions in the format of the client's GetParametersRes (.npy until
+  then). Each reply is decoded by the reference server's own rules, ``fedproto.server_role``.
+- The model steps (2, 3, 4, 8, 10) must succeed (status OK): a client that cannot answer for its
+  own model cannot train. FitRes holds as many tensors as were sent, with the same shapes and
+  dtypes, and ``num_examples >= 1`` (FedAvg weighs results by it; zero would divide by zero).
+  EvaluateRes has a finite loss and ``num_examples >= 1``. Step 8 returns the shapes of step 2.
+- Step 9 and the empty/zero-size steps (11, 12, 13) may be declined with ``*_NOT_IMPLEMENTED``;
+  if answered with OK, FitRes tensors must decode, and in step 12 have the shapes sent.
 - ReconnectIns(seconds > 0) is answered with DisconnectRes(reason=RECONNECT), the stream is
   closed, and the client joins again after that many seconds. ReconnectIns(seconds = 0) is
   answered with DisconnectRes(reason=ACK) and the client stays away.
@@ -58,6 +76,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedproto.codec import TENSOR_TYPE
 from fedproto.server_role import (
     EvaluateIns,
     FailureKind,
@@ -74,6 +93,7 @@ from fedproto.server_role import (
     enum_name,
     parse_reply,
     reply_of_kind,
+    reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage, Code, Reason
 from fedproto.wire import message_size_options
@@ -86,28 +106,40 @@ RECONNECT_SECONDS = 1
 NO_REJOIN_WINDOW = 2.0  # seconds we watch for an unwanted rejoin after ReconnectIns(seconds=0)
 REJOIN_TOLERANCE = 0.05  # seconds: timer granularity between the client's sleep and our clock
 
+ROUND_CONFIG = {"server_round": 1}  # what a FedAvg server sends with every FitIns
 ZERO_SIZE_TENSORS = [np.zeros((0,), np.float32), np.zeros((2, 0, 3), np.float32)]
 
-STEPS = [
-    "client opens a Join stream",
-    "GetPropertiesIns, every Scalar kind in config",
-    "GetParametersIns",
-    "FitIns with the client's model, every Scalar kind",
-    "EvaluateIns with the client's model",
-    "FitIns with empty parameters",
-    "FitIns with zero-size tensors",
-    "EvaluateIns with empty parameters",
-    f"ReconnectIns(seconds={RECONNECT_SECONDS})",
-    "client closes stream 1 after DisconnectRes",
-    "client rejoins on a new stream after the pause",
-    "GetParametersIns after the rejoin",
-    "ReconnectIns(seconds=0)",
-    "client closes stream 2 after DisconnectRes",
-    "client stays away after seconds=0",
-]
+ENDED = "client ended the stream instead of replying"  # one wording, however it ended
 
-RECONNECT_STEPS = [STEPS[8], STEPS[12]]  # per stream: the ReconnectIns step...
-CLOSE_STEPS = [STEPS[9], STEPS[13]]  # ...and the step that waits for the client to close
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # for --skip / --only
+    title: str  # the table's text
+    needs: tuple[str, ...] = ()  # steps it cannot run without
+
+
+STEPS = [
+    Step("join", "client opens a Join stream"),
+    Step("get_parameters", "GetParametersIns"),
+    Step("fit", "FitIns with the client's model", ("get_parameters",)),
+    Step("evaluate", "EvaluateIns with the client's model", ("get_parameters",)),
+    Step("reconnect", f"ReconnectIns(seconds={RECONNECT_SECONDS})"),
+    Step("close", "client closes the stream after DisconnectRes(RECONNECT)"),
+    Step("rejoin", "client rejoins on a new stream after the pause"),
+    Step("get_parameters_again", "GetParametersIns after the rejoin"),
+    Step("get_properties", "GetPropertiesIns, every Scalar kind in config"),
+    Step("fit_every_scalar", "FitIns with the model, every Scalar kind", ("get_parameters",)),
+    Step("fit_empty", "FitIns with empty parameters"),
+    Step("fit_zero_size", "FitIns with zero-size tensors"),
+    Step("evaluate_empty", "EvaluateIns with empty parameters"),
+    Step("goodbye", "ReconnectIns(seconds=0)"),
+    Step("close_goodbye", "client closes the stream after DisconnectRes(ACK)"),
+    Step("stays_away", "client stays away after seconds=0"),
+]
+STEP_NAMES = [step.name for step in STEPS]
+# Steps that run together or not at all: a ReconnectIns, the close it asks for, what follows.
+GROUPS = [("reconnect", "close", "rejoin"), ("goodbye", "close_goodbye", "stays_away")]
 
 EXIT_ALL_PASSED = 0
 EXIT_FAILED = 1
@@ -118,117 +150,247 @@ class CheckFailed(Exception):
     """One step's reply broke the contract; the text says how."""
 
 
-class StreamOver(Exception):
-    """The stream can carry no more steps (closed, cancelled or silent)."""
-
-
 @dataclass
 class Row:
     step: str
-    passed: bool
+    result: str  # PASS, FAIL or SKIP
     detail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.result != "FAIL"
+
+
+def number(name: str) -> int:
+    return STEP_NAMES.index(name) + 1
+
+
+def selected_steps(skip: list[str] = (), only: list[str] = ()) -> dict[str, str]:
+    """Step name -> why it is skipped, for every step left out by ``skip`` / ``only`` (names)."""
+    if "join" in skip:
+        raise ValueError("step 1 (join) cannot be skipped: every other step needs a client")
+    asked, skip, only = set(skip), _with_groups(skip), _with_groups(only)
+    skipped: dict[str, str] = {}
+    if only:
+        wanted = {"join", *only}
+        for step in reversed(STEPS):  # a step's needs come before it
+            if step.name in wanted:
+                wanted.update(step.needs)
+        wanted = _with_groups(wanted)
+        skipped = {step.name: "skipped (--only)" for step in STEPS if step.name not in wanted}
+    for step in STEPS:
+        if step.name in asked:
+            skipped[step.name] = "skipped (--skip)"
+        elif step.name in skip:
+            partner = next(name for name in STEP_NAMES if name in asked and _with_groups([name]) >= {step.name})
+            skipped[step.name] = f"skipped: runs only with step {number(partner)} ({partner})"
+        else:
+            missing = [need for need in step.needs if need in skipped]
+            if missing and step.name not in skipped:
+                skipped[step.name] = f"skipped: needs step {number(missing[0])} ({missing[0]})"
+    return skipped
+
+
+def _with_groups(names) -> set[str]:
+    """``names`` plus the rest of every group one of them belongs to."""
+    names = set(names)
+    for group in GROUPS:
+        if names & set(group):
+            names.update(group)
+    return names
+
+
+# ---------------------------------------------------------------------------- one Join stream
+
+
+class Stream:
+    """One Join stream. The session sends and reads through it; the RPC's handler does the I/O.
+
+    ``replies`` yields each ClientMessage's bytes, then ENDED once the stream is over (the
+    client closed or cancelled it, or it broke). ``close()`` ends it from the server's side.
+    """
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.opened_at = time.monotonic()
+        self.replies: asyncio.Queue[bytes | str] = asyncio.Queue()
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def send(self, data: bytes) -> None:
+        self.outbox.put_nowait(data)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+    async def serve(self, context: grpc.aio.ServicerContext) -> None:
+        """The handler: write what the session sends until it closes the stream."""
+        reader = asyncio.ensure_future(self._read(context))
+        try:
+            while (data := await self.outbox.get()) is not None:
+                await context.write(data)
+        finally:  # also on CancelledError: how grpc.aio reports a client that cancelled its call
+            reader.cancel()
+            self.replies.put_nowait(ENDED)
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> None:
+        try:
+            while (data := await context.read()) is not grpc.aio.EOF:
+                self.replies.put_nowait(data)
+        except Exception:  # a broken call reads like a closed one: the client is gone
+            log.debug("reading the stream failed", exc_info=True)
+        self.replies.put_nowait(ENDED)
+
+
+# ---------------------------------------------------------------------------- the scripted session
 
 
 @dataclass
 class Conformance:
-    """The scripted session: one instance per run, shared by every Join stream it accepts."""
+    """The scripted session: one instance per run, fed every Join stream the server accepts."""
 
     timeout: float
+    skipped: dict[str, str] = field(default_factory=dict)  # step name -> why
     rows: dict[str, Row] = field(default_factory=dict)
-    streams: int = 0
+    arrivals: asyncio.Queue[Stream] = field(default_factory=asyncio.Queue)
+    stream: Stream | None = None  # the stream the script runs on
+    first_host: str = ""
     model: list[np.ndarray] | None = None
-    first_peer: str = ""
-    current_step: str = ""  # the step waiting for the client, for a cancellation mid-step
-    # Per stream: when the client answered ReconnectIns (or ended the stream instead).
-    left_at: list[float | None] = field(default_factory=lambda: [None, None])
-    stream_opened: list[asyncio.Event] = field(default_factory=lambda: [asyncio.Event() for _ in range(3)])
-    stream_closed: list[asyncio.Event] = field(default_factory=lambda: [asyncio.Event() for _ in range(2)])
+    tensor_type: str = TENSOR_TYPE  # the client's format, from its GetParametersRes
+    left_at: float | None = None  # when the client answered ReconnectIns(seconds=1), or left instead
+    stream_ended: bool = False  # the client ended the stream while a ReconnectIns waited for its reply
+    gone: str = ""  # set when the client left and did not come back: why the rest is not run
 
     # ------------------------------------------------------------------ bookkeeping
 
     def record(self, step: str, passed: bool, detail: str) -> None:
-        self.rows[step] = Row(step, passed, detail)
-        number = STEPS.index(step) + 1
-        log.info("[%2d/%d] %s  %s: %s", number, len(STEPS), "PASS" if passed else "FAIL", step, detail)
+        result = "PASS" if passed else "FAIL"
+        self.rows[step] = Row(step, result, detail)
+        log.info("[%2d/%d] %s  %s: %s", number(step), len(STEPS), result, step, detail)
 
     def table(self) -> list[Row]:
-        return [self.rows.get(step, Row(step, False, "not run: an earlier step ended the session"))
-                for step in STEPS]
-
-    # ------------------------------------------------------------------ the Join handler
+        return [self.rows.get(step.name, Row(step.name, "FAIL", "not run")) for step in STEPS]
 
     async def join(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        index = min(self.streams, 2)
-        self.streams += 1
-        self.stream_opened[index].set()
-        if index == 2:
-            self.record(STEPS[14], False, f"a new Join stream arrived from {context.peer()}")
+        stream = Stream(context.peer())
+        self.arrivals.put_nowait(stream)
+        await stream.serve(context)
+
+    # ------------------------------------------------------------------ the script
+
+    async def run_script(self) -> None:
+        for step in STEPS:
+            if step.name in self.skipped:
+                self.rows[step.name] = Row(step.name, "SKIP", self.skipped[step.name])
+                log.info("[%2d/%d] SKIP  %s: %s", number(step.name), len(STEPS), step.name, self.skipped[step.name])
+            elif self.gone:
+                self.record(step.name, False, f"not run: {self.gone}")
+            else:
+                await getattr(self, f"_{step.name}")(step.name)
+        if self.stream is not None:
+            self.stream.close()
+
+    async def _join(self, step: str) -> None:
+        self.stream = await self._next_stream(self.timeout)
+        if self.stream is None:
+            self.record(step, False, f"no client joined within {self.timeout:g} s")
+            self.gone = "no client joined"
             return
-        try:
-            await (self._first_stream(context) if index == 0 else self._second_stream(context))
-        except StreamOver:
-            pass
-        except asyncio.CancelledError:
-            # A client may end its call by cancelling it (flwr's closes its channel).
-            if self.current_step:
-                self._ended(self.current_step, "cancelled")
-            raise
-        finally:
-            self.stream_closed[index].set()
+        self.first_host = _host(self.stream.peer)
+        self.record(step, True, f"peer {self.stream.peer}")
 
-    async def _first_stream(self, context: grpc.aio.ServicerContext) -> None:
-        self.first_peer = context.peer()
-        self.record(STEPS[0], True, f"peer {self.first_peer}")
-        await self._step(context, STEPS[1], encode_get_properties_ins(EVERY_SCALAR),
-                         "get_properties_res", self._check_properties)
-        await self._step(context, STEPS[2], encode_get_parameters_ins(), "get_parameters_res", self._check_model)
-        if self.model is None:
-            for step in STEPS[3:5]:
-                self.record(step, False, "not run: no model from GetParametersIns")
-        else:
-            await self._step(context, STEPS[3], encode_fit_ins(FitIns(self.model, EVERY_SCALAR)), "fit_res",
-                             _check_fit(self.model, decline_allowed=False, min_examples=1))
-            await self._step(context, STEPS[4], encode_evaluate_ins(EvaluateIns(self.model)), "evaluate_res",
-                             _check_evaluate(decline_allowed=False, min_examples=1))
-        await self._step(context, STEPS[5], encode_fit_ins(FitIns([])), "fit_res",
-                         _check_fit(None, decline_allowed=True, min_examples=0))
-        await self._step(context, STEPS[6], encode_fit_ins(FitIns(ZERO_SIZE_TENSORS)), "fit_res",
-                         _check_fit(ZERO_SIZE_TENSORS, decline_allowed=True, min_examples=0))
-        await self._step(context, STEPS[7], encode_evaluate_ins(EvaluateIns([])), "evaluate_res",
-                         _check_evaluate(decline_allowed=True, min_examples=0))
-        await self._step(context, STEPS[8], encode_reconnect_ins(RECONNECT_SECONDS), "disconnect_res",
-                         _check_reason(Reason.RECONNECT))
-        self.left_at[0] = time.monotonic()  # the client's pause starts now
-        await self._expect_close(context, STEPS[9])
+    async def _get_parameters(self, step: str) -> None:
+        await self._exchange(step, encode_get_parameters_ins(), "get_parameters_res", self._check_model)
 
-    async def _second_stream(self, context: grpc.aio.ServicerContext) -> None:
-        waited = time.monotonic() - (self.left_at[0] or time.monotonic())
-        host, first_host = _host(context.peer()), _host(self.first_peer)
+    async def _fit(self, step: str) -> None:
+        await self._model_step(step, lambda: self._exchange(
+            step, encode_fit_ins(FitIns(self.model, ROUND_CONFIG), self.tensor_type), "fit_res",
+            _check_fit(self.model, decline_allowed=False, min_examples=1)))
+
+    async def _evaluate(self, step: str) -> None:
+        await self._model_step(step, lambda: self._exchange(
+            step, encode_evaluate_ins(EvaluateIns(self.model), self.tensor_type), "evaluate_res",
+            _check_evaluate(decline_allowed=False, min_examples=1)))
+
+    async def _reconnect(self, step: str) -> None:
+        await self._say_goodbye(step, RECONNECT_SECONDS, Reason.RECONNECT)
+        self.left_at = time.monotonic()  # the client's pause starts now
+
+    async def _close(self, step: str) -> None:
+        await self._expect_close(step)
+
+    async def _rejoin(self, step: str) -> None:
+        window = RECONNECT_SECONDS + self.timeout
+        self.stream = await self._next_stream(window)
+        if self.stream is None:
+            self.record(step, False, f"no new stream within {window:g} s")
+            self.gone = f"the client did not join again after step {number('reconnect')}"
+            return
+        waited = self.stream.opened_at - (self.left_at or self.stream.opened_at)
+        host = _host(self.stream.peer)
         problems = []
-        if host != first_host:
-            problems.append(f"joined from {host}, stream 1 came from {first_host}")
+        if host != self.first_host:
+            problems.append(f"joined from {host}, stream 1 came from {self.first_host}")
         if waited < RECONNECT_SECONDS - REJOIN_TOLERANCE:
             problems.append(f"came back after {waited:.2f} s, asked to wait {RECONNECT_SECONDS} s")
-        self.record(STEPS[10], not problems, "; ".join(problems) or f"after {waited:.2f} s from {host}")
+        self.record(step, not problems, "; ".join(problems) or f"after {waited:.2f} s from {host}")
+
+    async def _get_parameters_again(self, step: str) -> None:
         expected = _shapes(self.model) if self.model is not None else None
-        await self._step(context, STEPS[11], encode_get_parameters_ins(), "get_parameters_res",
-                         self._check_same_model(expected))
-        await self._step(context, STEPS[12], encode_reconnect_ins(0), "disconnect_res", _check_reason(Reason.ACK))
-        self.left_at[1] = time.monotonic()
-        await self._expect_close(context, STEPS[13])
+        await self._exchange(step, encode_get_parameters_ins(), "get_parameters_res",
+                             self._check_same_model(expected))
+
+    async def _get_properties(self, step: str) -> None:
+        await self._exchange(step, encode_get_properties_ins(EVERY_SCALAR), "get_properties_res",
+                             self._check_properties)
+
+    async def _fit_every_scalar(self, step: str) -> None:
+        await self._model_step(step, lambda: self._exchange(
+            step, encode_fit_ins(FitIns(self.model, EVERY_SCALAR), self.tensor_type), "fit_res",
+            _check_fit(self.model, decline_allowed=False, min_examples=1)))
+
+    async def _fit_empty(self, step: str) -> None:
+        await self._exchange(step, encode_fit_ins(FitIns([]), self.tensor_type), "fit_res",
+                             _check_fit(None, decline_allowed=True, min_examples=0))
+
+    async def _fit_zero_size(self, step: str) -> None:
+        await self._exchange(step, encode_fit_ins(FitIns(ZERO_SIZE_TENSORS), self.tensor_type), "fit_res",
+                             _check_fit(ZERO_SIZE_TENSORS, decline_allowed=True, min_examples=0))
+
+    async def _evaluate_empty(self, step: str) -> None:
+        await self._exchange(step, encode_evaluate_ins(EvaluateIns([]), self.tensor_type), "evaluate_res",
+                             _check_evaluate(decline_allowed=True, min_examples=0))
+
+    async def _goodbye(self, step: str) -> None:
+        await self._say_goodbye(step, 0, Reason.ACK)
+
+    async def _close_goodbye(self, step: str) -> None:
+        await self._expect_close(step)
+
+    async def _stays_away(self, step: str) -> None:
+        stream = await self._next_stream(NO_REJOIN_WINDOW)
+        if stream is None:
+            self.record(step, True, f"no new stream within {NO_REJOIN_WINDOW:g} s")
+        else:
+            self.record(step, False, f"a new Join stream arrived from {stream.peer}")
+            stream.close()
 
     # ------------------------------------------------------------------ one exchange
 
-    async def _step(self, context: grpc.aio.ServicerContext, step: str, message: bytes,
-                    reply_kind: str, check: Callable[[Any], str]) -> None:
-        """Send one instruction, read one reply, record the check. StreamOver if nothing came."""
+    async def _model_step(self, step: str, run: Callable[[], Any]) -> None:
+        if self.model is None:
+            self.record(step, False, "not run: no model from GetParametersIns")
+        else:
+            await run()
+
+    async def _exchange(self, step: str, message: bytes, reply_kind: str, check: Callable[[Any], str]) -> None:
+        """Send one instruction, read one reply, record the check; if the stream ended, await a rejoin."""
         started = time.monotonic()
-        await context.write(message)
-        data = await self._read(context, step)
+        self.stream.send(message)
+        data = await self._read(step)
         elapsed_ms = (time.monotonic() - started) * 1000
-        if data is grpc.aio.EOF:
-            self._ended(step, "closed")
-            raise StreamOver
+        if data is None:
+            await self._await_rejoin(step)
+            return
         try:
             summary = check(reply_of_kind(parse_reply(data), reply_kind))
         except (ReplyError, CheckFailed) as failure:
@@ -236,35 +398,79 @@ class Conformance:
             return
         self.record(step, True, f"{summary} ({elapsed_ms:.0f} ms)")
 
-    async def _read(self, context: grpc.aio.ServicerContext, step: str) -> Any:
-        self.current_step = step
+    async def _read(self, step: str) -> bytes | None:
+        """The next reply's bytes; None if the stream ended or stayed silent (both recorded)."""
         try:
-            data = await asyncio.wait_for(context.read(), self.timeout)
+            data = await asyncio.wait_for(self.stream.replies.get(), self.timeout)
         except asyncio.TimeoutError:
-            self.record(step, False, f"no reply within {self.timeout:g} s")
-            raise StreamOver from None
-        self.current_step = ""
+            self.record(step, False, f"no reply within {self.timeout:g} s (the runner ended the stream)")
+            self._drop_stream()
+            return None
+        if data == ENDED:
+            self.record(step, False, ENDED)
+            self._drop_stream()
+            return None
         return data
 
-    async def _expect_close(self, context: grpc.aio.ServicerContext, step: str) -> None:
-        data = await self._read(context, step)
-        if data is grpc.aio.EOF:
-            self._ended(step, "closed")
+    async def _await_rejoin(self, step: str) -> None:
+        """After the stream ended at ``step``: go on with the client's next stream, if it comes."""
+        left = time.monotonic()
+        self.stream = await self._next_stream(self.timeout)
+        row = self.rows[step]
+        if self.stream is None:
+            row.detail += f"; it did not join again within {self.timeout:g} s"
+            self.gone = f"the client left at step {number(step)} ({step}) and did not join again"
         else:
-            self.record(step, False, f"client sent {len(data)} more bytes after DisconnectRes")
+            row.detail += f"; it joined again after {self.stream.opened_at - left:.2f} s, the script goes on"
+        log.info("[%2d/%d] %s  %s: %s", number(step), len(STEPS), row.result, step, row.detail)
 
-    def _ended(self, step: str, how: str) -> None:
-        """The client ended the stream (``how``: closed or cancelled) while we waited on ``step``."""
-        if step in CLOSE_STEPS:
-            self.record(step, True, f"stream {how} by the client")
-        elif step in RECONNECT_STEPS:
+    async def _say_goodbye(self, step: str, seconds: int, reason: int) -> None:
+        """ReconnectIns(seconds): a stream that ends instead of DisconnectRes fails only this step."""
+        self.stream_ended = False
+        started = time.monotonic()
+        self.stream.send(encode_reconnect_ins(seconds))
+        try:
+            data = await asyncio.wait_for(self.stream.replies.get(), self.timeout)
+        except asyncio.TimeoutError:
+            self.record(step, False, f"no reply within {self.timeout:g} s")
+            return
+        if data == ENDED:
             # It left without answering; it may still behave right afterwards, so keep going.
-            stream = RECONNECT_STEPS.index(step)
-            self.left_at[stream] = time.monotonic()
-            self.record(step, False, f"client {how} the stream without sending disconnect_res")
-            self.record(CLOSE_STEPS[stream], True, f"stream {how} by the client (no DisconnectRes sent)")
+            self.stream_ended = True
+            self.record(step, False, "client ended the stream without sending disconnect_res")
+            return
+        try:
+            summary = _check_reason(reason)(reply_of_kind(parse_reply(data), "disconnect_res"))
+        except (ReplyError, CheckFailed) as failure:
+            self.record(step, False, str(failure))
+            return
+        self.record(step, True, f"{summary} ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+    async def _expect_close(self, step: str) -> None:
+        if self.stream_ended:
+            self.record(step, True, "stream ended by the client (no DisconnectRes sent)")
         else:
-            self.record(step, False, f"client {how} the stream instead of replying")
+            try:
+                data = await asyncio.wait_for(self.stream.replies.get(), self.timeout)
+            except asyncio.TimeoutError:
+                data = None
+            if data == ENDED:
+                self.record(step, True, "stream ended by the client")
+            elif data is None:
+                self.record(step, False, f"the stream was still open after {self.timeout:g} s")
+            else:
+                self.record(step, False, f"client sent {len(data)} more bytes after DisconnectRes")
+        self._drop_stream()
+
+    def _drop_stream(self) -> None:
+        self.stream.close()
+        self.stream = None
+
+    async def _next_stream(self, seconds: float) -> Stream | None:
+        try:
+            return await asyncio.wait_for(self.arrivals.get(), seconds)
+        except asyncio.TimeoutError:
+            return None
 
     # ------------------------------------------------------------------ checks needing state
 
@@ -281,7 +487,8 @@ class Conformance:
         if not arrays:
             raise CheckFailed("OK but no tensors: there is no model to train")
         self.model = arrays
-        return f"OK, {_describe(arrays)}"
+        self.tensor_type = reply_tensor_type(ClientMessage(get_parameters_res=res)) or TENSOR_TYPE
+        return f"OK, {_describe(arrays)}{_format_note(res.parameters.tensor_type)}"
 
     def _check_same_model(self, expected: list[tuple[int, ...]] | None) -> Callable[[Any], str]:
         def check(res: ClientMessage.GetParametersRes) -> str:
@@ -289,7 +496,7 @@ class Conformance:
             arrays = decode_tensors(res.parameters, "GetParametersRes.parameters")
             if expected is not None and _shapes(arrays) != expected:
                 raise CheckFailed(f"shapes {_shapes(arrays)}, before the rejoin {expected}")
-            return f"OK, {_describe(arrays)}"
+            return f"OK, {_describe(arrays)}{_format_note(res.parameters.tensor_type)}"
         return check
 
 
@@ -318,7 +525,9 @@ def _check_fit(sent: list[np.ndarray] | None, decline_allowed: bool,
         declined = _status(res.status, Code.FIT_NOT_IMPLEMENTED if decline_allowed else None)
         if declined:
             return declined
-        arrays = decode_tensors(res.parameters, "FitRes.parameters")
+        # A shapeless format (cpp_double) takes the shapes of what was sent, as on the server.
+        like = sent if sent and len(res.parameters.tensors) == len(sent) else None
+        arrays = decode_tensors(res.parameters, "FitRes.parameters", like)
         if sent is not None:
             _check_returned(arrays, sent)
         _examples(res.num_examples, min_examples)
@@ -371,6 +580,10 @@ def _describe(arrays: list[np.ndarray]) -> str:
     return f"{len(arrays)} tensors " + ", ".join(f"{a.dtype}{tuple(a.shape)}" for a in arrays)
 
 
+def _format_note(tensor_type: str) -> str:
+    return "" if tensor_type == TENSOR_TYPE else f" as {tensor_type}"
+
+
 def _brief(values: dict[str, Any], limit: int = 60) -> str:
     text = "{" + ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())) + "}"
     return text if len(text) <= limit else text[: limit - 4] + "...}"
@@ -386,24 +599,25 @@ def _host(peer: str) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    width = max(len(r.step) for r in rows)
+    width = max(len(STEPS[i].title) + len(STEPS[i].name) + 3 for i in range(len(STEPS)))
     lines = [f" #  {'check':<{width}}  result  detail", f"--  {'-' * width}  ------  {'-' * 6}"]
-    for number, row in enumerate(rows, 1):
-        lines.append(f"{number:2d}  {row.step:<{width}}  {'PASS' if row.passed else 'FAIL':<6}  {row.detail}")
-    failed = [r.step for r in rows if not r.passed]
-    if failed:
-        lines.append(f"{len(failed)} of {len(rows)} checks FAILED: " + "; ".join(failed))
-    else:
-        lines.append(f"all {len(rows)} checks passed")
+    for index, row in enumerate(rows):
+        check = f"{STEPS[index].title} [{row.step}]"
+        lines.append(f"{index + 1:2d}  {check:<{width}}  {row.result:<6}  {row.detail}")
+    failed = [f"{number(r.step)} {r.step}" for r in rows if r.result == "FAIL"]
+    skipped = sum(r.result == "SKIP" for r in rows)
+    ran = len(rows) - skipped
+    summary = (f"{len(failed)} of {ran} checks FAILED: " + "; ".join(failed)) if failed else f"all {ran} checks passed"
+    lines.append(summary + (f" ({skipped} skipped)" if skipped else ""))
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- running
 
 
-async def run(address: str, timeout: float) -> list[Row]:
+async def run(address: str, timeout: float, skipped: dict[str, str] | None = None) -> list[Row]:
     """Serve one scripted session on ``address``; returns the table rows."""
-    conformance = Conformance(timeout)
+    conformance = Conformance(timeout, skipped or {})
     # Raw bytes (join_handler): an invalid reply is a named failure, not a gRPC crash.
     server = grpc.aio.server(options=message_size_options())
     server.add_generic_rpc_handlers([join_handler(conformance.join)])
@@ -412,43 +626,22 @@ async def run(address: str, timeout: float) -> list[Row]:
     await server.start()
     log.info("waiting for a client on %s (timeout %g s per step)", address, timeout)
     try:
-        await _session(conformance, timeout)
+        await conformance.run_script()
     finally:
         await server.stop(grace=1.0)
     return conformance.table()
 
 
-async def _session(conformance: Conformance, timeout: float) -> None:
-    opened, closed = conformance.stream_opened, conformance.stream_closed
-    if not await _within(opened[0], timeout):
-        conformance.record(STEPS[0], False, f"no client joined within {timeout:g} s")
-        return
-    await closed[0].wait()  # every step inside has its own timeout
-    if conformance.left_at[0] is None:
-        return
-    if not await _within(opened[1], RECONNECT_SECONDS + timeout):
-        conformance.record(STEPS[10], False, f"no new stream within {RECONNECT_SECONDS + timeout:g} s")
-        return
-    await closed[1].wait()
-    if conformance.left_at[1] is None:
-        return
-    if not await _within(opened[2], NO_REJOIN_WINDOW):
-        conformance.record(STEPS[14], True, f"no new stream within {NO_REJOIN_WINDOW:g} s")
-
-
-async def _within(event: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except asyncio.TimeoutError:
-        return False
-    return True
-
-
 EPILOG = f"""\
-The script: GetPropertiesIns, GetParametersIns, FitIns/EvaluateIns with the client's model,
-FitIns with empty parameters and with zero-size tensors, EvaluateIns with empty parameters,
-ReconnectIns(seconds={RECONNECT_SECONDS}) and the client's rejoin, ReconnectIns(seconds=0). Every Scalar kind
-travels in a config. The contract each reply is checked against is in docs/PROTOCOL.md.
+The script: the required steps first (GetParametersIns, FitIns/EvaluateIns with the client's
+model, ReconnectIns(seconds={RECONNECT_SECONDS}) and the client's rejoin, GetParametersIns again), then the edge
+cases (GetPropertiesIns and FitIns with every Scalar kind, FitIns with empty parameters and with
+zero-size tensors, EvaluateIns with empty parameters), then ReconnectIns(seconds=0). A client that
+ends its stream instead of replying fails that step; the runner waits up to --timeout for it to
+join again and goes on. The contract each reply is checked against is in docs/PROTOCOL.md.
+
+steps (for --skip / --only, by number or name):
+""" + "\n".join(f"  {i:2d} {step.name:<21} {step.title}" for i, step in enumerate(STEPS, 1)) + """
 
 examples:
   fedproto-conformance --address 127.0.0.1:9092 &
@@ -457,31 +650,57 @@ examples:
   # any other client: flwr's, or your port
   fedproto-conformance --address 0.0.0.0:9092 --timeout 120
 
-exit codes: 0 every check passed, 1 some check failed (named in the table), 2 usage error
+  # a port without GetProperties that dies on it (Flower's C++ SDK): leave the step out
+  fedproto-conformance --address 0.0.0.0:9092 --skip get_properties
+  # just the model round trip (join and get_parameters come with it)
+  fedproto-conformance --address 0.0.0.0:9092 --only fit --only evaluate
+
+exit codes: 0 no check failed (skipped ones aside), 1 some check failed (named in the table),
+            2 usage error
 """
+
+
+def step_name(text: str) -> str:
+    """argparse type: a step by number (1-16) or name."""
+    if text.isdigit() and 1 <= int(text) <= len(STEPS):
+        return STEP_NAMES[int(text) - 1]
+    if text in STEP_NAMES:
+        return text
+    raise argparse.ArgumentTypeError(f"no step {text!r}: use 1-{len(STEPS)} or one of {', '.join(STEP_NAMES)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedproto-conformance",
         description="Wait for one Flower client, drive it through every message and edge case, "
-                    "print a pass/fail table.",
+                    "print a table with a verdict for every step.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--address", required=True, metavar="HOST:PORT",
                         help="where to listen, e.g. 127.0.0.1:9092 or [::]:9092")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                        help="longest wait for the client to join and for each reply (default: %(default)s)")
+                        help="longest wait for the client to join, for each reply, and for the client "
+                             "to join again after it ended its stream (default: %(default)s)")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--skip", type=step_name, action="append", default=[], metavar="STEP",
+                        help="leave this step out (and the steps that need it); repeatable")
+    choice.add_argument("--only", type=step_name, action="append", default=[], metavar="STEP",
+                        help="run only this step, with join and the steps it needs; repeatable")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        skipped = selected_steps(args.skip, args.only)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        rows = asyncio.run(run(args.address, args.timeout))
+        rows = asyncio.run(run(args.address, args.timeout, skipped))
     except OSError as error:
         print(f"fedproto-conformance: {error}", file=sys.stderr)
         return EXIT_USAGE
