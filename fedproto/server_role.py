@@ -247,8 +247,8 @@ def decode_scalars(values: Any, field: str) -> dict[str, ScalarValue]:
     """A map of Scalars (metrics, properties) -> dict; MALFORMED for a Scalar with no kind set."""
     try:
         return scalars_from_proto(values, field)
-    except CodecError as error:
-        raise ReplyError(FailureKind.MALFORMED, str(error)) from None
+    except CodecError as error:  # the reason quotes the peer's key: bounded (invariant 6)
+        raise ReplyError(FailureKind.MALFORMED, bound_text(str(error))) from None
 
 
 def decode_metrics(values: Any, field: str) -> dict[str, ScalarValue]:

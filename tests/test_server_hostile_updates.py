@@ -24,7 +24,7 @@ from fedproto.server_role import (
 )
 from fedproto.codec import ndarrays_to_parameters, scalars_to_proto
 from fedproto.text import DROPPED_METRICS_KEY, MAX_METRICS
-from fedproto.transport_pb2 import ClientMessage
+from fedproto.transport_pb2 import ClientMessage, Scalar
 from server.app import run_server
 from server.checkpoint import load_npz, save_npz
 from server.history import History
@@ -156,6 +156,13 @@ def test_a_reply_keeps_at_most_max_metrics_entries_and_its_status_text_is_bounde
         decode_fit_res(parse_reply(reply.SerializeToString()), ZEROS)
     assert "\n" not in caught.value.reason and len(caught.value.reason) < 300
     assert caught.value.reason.startswith("FIT_NOT_IMPLEMENTED: fit failed\\nWARNING fedproto.server")
+
+    reply = ClientMessage(fit_res={"status": OK, "parameters": ndarrays_to_parameters(ZEROS), "num_examples": 1,
+                                   "metrics": {"k\nWARNING forged" + "y" * 1_000_000: Scalar()}})
+    with pytest.raises(ReplyError) as caught:
+        decode_fit_res(parse_reply(reply.SerializeToString()), ZEROS)
+    assert caught.value.kind is FailureKind.MALFORMED
+    assert "\n" not in caught.value.reason and len(caught.value.reason) < 300
 
 
 def test_get_parameters_res_that_is_empty_or_bool_is_unusable():
