@@ -234,7 +234,8 @@ async def _run_round(
     formats.keep_only(connected)
     live = sum(cid in connected for cid in asked)
     shortfall = f" | {live} of {len(asked)} clients live" if live < len(asked) else ""
-    log.log(logging.WARNING if shortfall else logging.INFO,
+    # A round whose model did not change (every fit failed) is a warning too: it learned nothing.
+    log.log(logging.WARNING if shortfall or not record.fit_clients else logging.INFO,
             "round %d/%d: fit %d ok %d failed | evaluate %d ok %d failed | loss %s | %.2f s%s",
             server_round, config.rounds, record.fit_ok, len(record.fit_failures),
             record.evaluate_ok, len(record.evaluate_failures),
