@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,17 @@ class FailingFitClient(LineEdgeClient):
 
     def fit(self, parameters, config):
         raise RuntimeError("this client cannot train")
+
+
+def test_help_lists_the_tensor_formats_hosted_and_exit_code_5():
+    run = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0
+    text = " ".join(run.stdout.split())
+    for expected in ("Tensor formats hosted: numpy.ndarray (.npy) and cpp_double",
+                     "--tensor-type FORMAT", "5 nothing learned: rounds ran but none aggregated a single fit result",
+                     "loss 0.612 distributed (4 clients)"):
+        assert expected in text
 
 
 def start_server(spawn, tmp_path: Path, *args: str):
