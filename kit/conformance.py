@@ -228,6 +228,8 @@ class Stream:
         try:
             while (data := await self.outbox.get()) is not None:
                 await context.write(data)
+        except Exception:  # the call broke under the write: the client is gone, as the reader sees
+            log.debug("writing to the stream failed", exc_info=True)
         finally:  # also on CancelledError: how grpc.aio reports a client that cancelled its call
             reader.cancel()
             self.replies.put_nowait(ENDED)
