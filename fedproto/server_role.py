@@ -160,18 +160,20 @@ def encode_get_parameters_ins(config: Config | None = None) -> bytes:
 
 def encode_fit_ins(ins: FitIns, tensor_type: str = TENSOR_TYPE) -> bytes:
     """FitIns with its tensors in format ``tensor_type`` (the one the receiving client speaks)."""
-    parameters = ndarrays_to_parameters(ins.parameters, "fit_ins.parameters", tensor_type=tensor_type)
-    body = ServerMessage.FitIns(parameters=parameters,
-                                config=scalars_to_proto(ins.config, "fit_ins.config"))
-    return ServerMessage(fit_ins=body).SerializeToString()
+    message = ServerMessage(fit_ins=ServerMessage.FitIns(config=scalars_to_proto(ins.config, "fit_ins.config")))
+    # Written in place: no Parameters is built and then copied into the message.
+    ndarrays_to_parameters(ins.parameters, "fit_ins.parameters", out=message.fit_ins.parameters,
+                           tensor_type=tensor_type)
+    return message.SerializeToString()
 
 
 def encode_evaluate_ins(ins: EvaluateIns, tensor_type: str = TENSOR_TYPE) -> bytes:
     """EvaluateIns with its tensors in format ``tensor_type``."""
-    parameters = ndarrays_to_parameters(ins.parameters, "evaluate_ins.parameters", tensor_type=tensor_type)
-    body = ServerMessage.EvaluateIns(parameters=parameters,
-                                     config=scalars_to_proto(ins.config, "evaluate_ins.config"))
-    return ServerMessage(evaluate_ins=body).SerializeToString()
+    config = scalars_to_proto(ins.config, "evaluate_ins.config")
+    message = ServerMessage(evaluate_ins=ServerMessage.EvaluateIns(config=config))
+    ndarrays_to_parameters(ins.parameters, "evaluate_ins.parameters", out=message.evaluate_ins.parameters,
+                           tensor_type=tensor_type)
+    return message.SerializeToString()
 
 
 def encode_reconnect_ins(seconds: int) -> bytes:
