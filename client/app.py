@@ -116,7 +116,7 @@ def run_client(
             time.sleep(pause)
             continue
 
-        if root_certificates is not None and _is_tls_failure(stream.broken):
+        if root_certificates is not None and is_tls_failure(stream.broken):
             log.error("TLS handshake with %s failed: %s", server_address, stream.broken)
             return EXIT_TLS_ERROR
         failures = 0 if stream.answered else failures + 1
@@ -239,7 +239,7 @@ def _describe(error: grpc.RpcError) -> str:
     return str(error)
 
 
-def _is_tls_failure(reason: str) -> bool:
+def is_tls_failure(reason: str) -> bool:
     """Did the stream break in the TLS handshake? Judged from gRPC's status text.
 
     gRPC gives no better signal: a failed handshake (wrong CA, plaintext server, bad

@@ -40,7 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client.app import EXIT_DONE, EXIT_PROTOCOL_ERROR, EXIT_TLS_ERROR, EXIT_UNREACHABLE, Retry
+from client.app import (
+    EXIT_DONE,
+    EXIT_PROTOCOL_ERROR,
+    EXIT_TLS_ERROR,
+    EXIT_UNREACHABLE,
+    Retry,
+    is_tls_failure,
+)
 from fedproto.node import (
     RPCS,
     Finished,
@@ -207,7 +214,7 @@ class GrpcFleet:
             code, details = error.code(), error.details()
             detail = f"{code.name}: {details}"
             # gRPC reports a failed handshake only as UNAVAILABLE with a text; see client/app.py.
-            if code == self.grpc.StatusCode.UNAVAILABLE and _looks_like_tls(details or ""):
+            if code == self.grpc.StatusCode.UNAVAILABLE and is_tls_failure(details or ""):
                 raise TlsFailure(detail) from None
             refusal = refusal_for_grpc_code(code.name)
             if refusal is None:
@@ -216,11 +223,6 @@ class GrpcFleet:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def _looks_like_tls(text: str) -> bool:
-    text = text.lower()
-    return "handshake" in text or "ssl" in text or "certificate" in text
 
 
 @dataclass
