@@ -24,10 +24,10 @@ test: proto
 	$(PY) -m pytest
 
 run: proto
-	$(PY) -m har
+	$(PY) -m fedproto.har
 
 bench: proto
-	$(PY) -m bench.run
+	$(PY) -m fedproto.bench.run
 
 # A longer, time-boxed fuzzing campaign of every decoder of peer bytes (atheris/libFuzzer);
 # crashes are written to results/fuzz-crashes/. FUZZ_SECONDS=3600 make fuzz for an hour.

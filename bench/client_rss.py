@@ -1,11 +1,11 @@
 """Peak memory of our edge client next to flwr's own client, in one FedAvg run.
 
-    python -m bench.client_rss [--rounds 3] [--side 1000]
+    python -m fedproto.bench.client_rss [--rounds 3] [--side 1000]
 
 One flwr server (``examples/flwr_server.py``: ``flwr.server.start_server`` with FedAvg, starting
 from zeros) and two clients in their own processes, started together and trained together:
 
-- ours: ``python -m client --app bench.client_rss:BenchHandler`` (fedproto's edge client);
+- ours: ``python -m fedproto.client --app bench.client_rss:BenchHandler`` (fedproto's edge client);
 - flwr's: ``flwr.client.start_client`` with a NumPyClient that delegates to the same handler.
 
 The model is one SIDE x SIDE float32 tensor (1,000,000 parameters by default). Each fit adds
@@ -175,10 +175,10 @@ def run(rounds: int, side: int, workdir: Path, timeout: float) -> list[Measured]
         wait_for_port(port, server, STARTUP_TIMEOUT)
         clients = [
             MeasuredProcess("fedproto edge client", [
-                sys.executable, "-m", "client", "--server", address,
-                "--app", "bench.client_rss:BenchHandler"], workdir, env),
+                sys.executable, "-m", "fedproto.client", "--server", address,
+                "--app", "fedproto.bench.client_rss:BenchHandler"], workdir, env),
             MeasuredProcess("flwr NumPyClient (start_client)", [
-                sys.executable, "-m", "bench.client_rss", "--serve-flwr-client", address],
+                sys.executable, "-m", "fedproto.bench.client_rss", "--serve-flwr-client", address],
                 workdir, env),
         ]
         deadline = time.monotonic() + timeout
@@ -239,13 +239,13 @@ def report(results: list[Measured], rounds: int, side: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.client_rss",
+        prog="python -m fedproto.bench.client_rss",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m bench.client_rss                 # 1M parameters, 3 rounds\n"
-               "  python -m bench.client_rss --side 2000     # 4M parameters\n"
-               "  python -m bench.client_rss --keep-logs /tmp/rss   # keep server/client logs",
+               "  python -m fedproto.bench.client_rss                 # 1M parameters, 3 rounds\n"
+               "  python -m fedproto.bench.client_rss --side 2000     # 4M parameters\n"
+               "  python -m fedproto.bench.client_rss --keep-logs /tmp/rss   # keep server/client logs",
     )
     parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds (default: %(default)s)")
     parser.add_argument("--side", type=int, default=1000,

@@ -1,7 +1,7 @@
 """Codec throughput: a FitRes-carrying ClientMessage encoded and decoded, ours vs flwr's serde.
 
-    python -m bench.codec                       # 1 KB, 1 MB, 40 MB, 400 MB of float32
-    python -m bench.codec --sizes 1KB 40MB --repeats 5
+    python -m fedproto.bench.codec                       # 1 KB, 1 MB, 40 MB, 400 MB of float32
+    python -m fedproto.bench.codec --sizes 1KB 40MB --repeats 5
 
 For each payload size, one float32 tensor of that many bytes is
 
@@ -180,7 +180,7 @@ def plot(result: dict, path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.codec", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedproto.bench.codec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
                         help="payload sizes (default: all; 400MB needs about 3 GB of memory)")

@@ -1,6 +1,6 @@
 """Load generator: N concurrent ``FlowerService.Join`` streams held by one or a few processes.
 
-    python -m bench.loadgen --server 127.0.0.1:8080 --clients 1000 --processes 2 --duration 120
+    python -m fedproto.bench.loadgen --server 127.0.0.1:8080 --clients 1000 --processes 2 --duration 120
 
 Each simulated client is one asyncio task on a ``grpc.aio`` channel, speaking raw bytes
 (``fedproto.wire.JOIN_METHOD``, no serializers) and answering through
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
-from client.cli import positive_int
+from fedproto.client.cli import positive_int
 from fedproto.dispatch import ClientSession, State
 from fedproto.wire import JOIN_METHOD, message_size_options
 
-log = logging.getLogger("bench.loadgen")
+log = logging.getLogger("fedproto.bench.loadgen")
 
 MODEL_SIZE = 1_000  # parameters of the simulated model: one float32 vector
 FIT_STEP = 0.01  # what "training" adds to every parameter
@@ -214,12 +214,12 @@ def loopback_address(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.loadgen",
+        prog="python -m fedproto.bench.loadgen",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m bench.loadgen --server 127.0.0.1:8080 --clients 20\n"
-               "  python -m bench.loadgen --server 127.0.0.1:8080 --clients 10000 --processes 2 "
+               "  python -m fedproto.bench.loadgen --server 127.0.0.1:8080 --clients 20\n"
+               "  python -m fedproto.bench.loadgen --server 127.0.0.1:8080 --clients 10000 --processes 2 "
                "--duration 300 --report load.json",
     )
     parser.add_argument("--server", type=loopback_address, required=True,

@@ -1,6 +1,6 @@
 """Tensor decoding: fedproto's codec vs numpy's own .npy reader vs flwr's decoder.
 
-    python -m bench.npy_decode [--repeat N]
+    python -m fedproto.bench.npy_decode [--repeat N]
 
 fedproto's ``bytes_to_ndarray`` parses and checks the .npy header with ``numpy.lib.format``,
 then copies the data with ``numpy.frombuffer``. The library-only way to do the same checks is
@@ -50,7 +50,7 @@ DECODERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.npy_decode", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedproto.bench.npy_decode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats; the best is kept")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import codec, rounds
+from fedproto.bench import codec, rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("ours", "flwr")
@@ -162,7 +162,7 @@ SECTIONS = {"codec": codec_section, "client": client_section, "rounds": rounds_s
 def summary(results: dict[str, dict]) -> str:
     """summary.md: one section per benchmark found, each with the machine it ran on."""
     parts = ["# `make bench` results", "",
-             "Written by `python -m bench.run`; raw numbers with every repeat in the JSON files next to this one.",
+             "Written by `python -m fedproto.bench.run`; raw numbers with every repeat in the JSON files next to this one.",
              "Ratios are flwr / ours (above 1: ours is faster or smaller), except where a column says otherwise."]
     for name, section in SECTIONS.items():
         if name in results:

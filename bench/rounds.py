@@ -1,13 +1,13 @@
 """4-client FedAvg rounds with a large model: our server and clients vs flwr's server and clients.
 
-    python -m bench.rounds                              # 10k, 1M and 10M parameters
-    python -m bench.rounds --params 10M --repeats 1
+    python -m fedproto.bench.rounds                              # 10k, 1M and 10M parameters
+    python -m fedproto.bench.rounds --params 10M --repeats 1
 
 Each run is one server process (``bench.servers ours|flwr --side S``) and four client processes,
 all on this machine:
 
 - ours: our server (``run_server`` + FedAvg) and four fedproto edge clients
-  (``python -m client --app bench.client_rss:BenchHandler``);
+  (``python -m fedproto.client --app bench.client_rss:BenchHandler``);
 - flwr: ``flwr.server.start_server`` (FedAvg) and four ``flwr.client.start_client`` clients with
   a NumPyClient around the same handler.
 
@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.client_rss import SIDE_ENV, MeasuredProcess, free_port, peak_rss_kib, wait_for_port
-from bench.loadgen import positive_int
+from fedproto.bench.client_rss import SIDE_ENV, MeasuredProcess, free_port, peak_rss_kib, wait_for_port
+from fedproto.bench.loadgen import positive_int
 
-log = logging.getLogger("bench.rounds")
+log = logging.getLogger("fedproto.bench.rounds")
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"10k": 100, "1M": 1000, "10M": 3163}  # label -> side of the S x S tensor
@@ -51,8 +51,8 @@ class RunFailed(RuntimeError):
 
 def client_argv(server: str, address: str) -> list[str]:
     if server == "ours":
-        return [sys.executable, "-m", "client", "--server", address, "--app", "bench.client_rss:BenchHandler"]
-    return [sys.executable, "-m", "bench.client_rss", "--serve-flwr-client", address]
+        return [sys.executable, "-m", "fedproto.client", "--server", address, "--app", "fedproto.bench.client_rss:BenchHandler"]
+    return [sys.executable, "-m", "fedproto.bench.client_rss", "--serve-flwr-client", address]
 
 
 def run_one(server: str, side: int, rounds: int, timeout: float, workdir: Path) -> dict:
@@ -65,7 +65,7 @@ def run_one(server: str, side: int, rounds: int, timeout: float, workdir: Path) 
     started = time.monotonic()
     with open(workdir / f"{tag}.server.log", "wb") as server_log:
         server_proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.servers", server, "--address", address, "--clients", str(CLIENTS),
+            [sys.executable, "-m", "fedproto.bench.servers", server, "--address", address, "--clients", str(CLIENTS),
              "--rounds", str(rounds), "--report", str(report), "--side", str(side)],
             cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT)
     clients: list[MeasuredProcess] = []
@@ -158,7 +158,7 @@ def spread(values: list[float], spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.rounds", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedproto.bench.rounds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", nargs="+", choices=list(PARAMS), default=list(PARAMS),
                         help="model sizes (default: all)")

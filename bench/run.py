@@ -1,11 +1,11 @@
 """``make bench``: every benchmark, each side by side with flwr 1.42, in one run.
 
-    python -m bench.run                          # all four, 3 repeats each (about 12-15 minutes)
-    python -m bench.run --quick                  # smaller: no 400 MB codec case, N <= 1000, 2 rounds
-    python -m bench.run --only codec --repeats 5
-    python -m bench.run --only rounds --only scale --out /tmp/bench
+    python -m fedproto.bench.run                          # all four, 3 repeats each (about 12-15 minutes)
+    python -m fedproto.bench.run --quick                  # smaller: no 400 MB codec case, N <= 1000, 2 rounds
+    python -m fedproto.bench.run --only codec --repeats 5
+    python -m fedproto.bench.run --only rounds --only scale --out /tmp/bench
 
-The benchmarks (``python -m bench.<module> --help`` for each one's own options and method):
+The benchmarks (``python -m fedproto.bench.<module> --help`` for each one's own options and method):
 
   codec   encode + decode of a FitRes ClientMessage carrying 1 KB / 1 MB / 40 MB / 400 MB of
           float32: ours vs flwr's serde, with numpy's memcpy measured in the same run (bench.codec)
@@ -41,10 +41,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import client_rss, codec, report, rounds, scale
-from bench.loadgen import positive_int
+from fedproto.bench import client_rss, codec, report, rounds, scale
+from fedproto.bench.loadgen import positive_int
 
-log = logging.getLogger("bench.run")
+log = logging.getLogger("fedproto.bench.run")
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("codec", "client", "rounds", "scale")
@@ -145,7 +145,7 @@ def load_results(out: Path) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m fedproto.bench.run", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=BENCHMARKS, action="append",
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    command = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m fedproto.bench.run", *(argv if argv is not None else sys.argv[1:])])
     failed = []
     for name in args.only or BENCHMARKS:
         log.info("=== %s ===", name)

@@ -1,7 +1,7 @@
 """Scale: N concurrent clients through FedAvg rounds, our server and flwr's side by side.
 
-    python -m bench.scale                                  # N = 100, 1000, 5000, 10000
-    python -m bench.scale --clients 100 1000 --rounds 1    # a quick look
+    python -m fedproto.bench.scale                                  # N = 100, 1000, 5000, 10000
+    python -m fedproto.bench.scale --clients 100 1000 --rounds 1    # a quick look
 
 For every N, each server (``bench.servers``) runs in its own subprocess against the same load
 generator (``bench.loadgen``, N streams in ``--processes`` worker processes), one server
@@ -34,10 +34,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.client_rss import peak_rss_kib
-from bench.loadgen import positive_float, positive_int
+from fedproto.bench.client_rss import peak_rss_kib
+from fedproto.bench.loadgen import positive_float, positive_int
 
-log = logging.getLogger("bench.scale")
+log = logging.getLogger("fedproto.bench.scale")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIENTS = (100, 1000, 5000, 10000)
@@ -87,7 +87,7 @@ def run_one(server: str, clients: int, rounds: int, timeout: float, processes: i
     with open(log_dir / f"{tag}.server.log", "wb") as server_log, \
          open(log_dir / f"{tag}.loadgen.log", "wb") as load_log:
         server_proc = subprocess.Popen(
-            [python, "-m", "bench.servers", server, "--address", address, "--clients", str(clients),
+            [python, "-m", "fedproto.bench.servers", server, "--address", address, "--clients", str(clients),
              "--rounds", str(rounds), "--report", str(report)],
             cwd=ROOT, stdout=server_log, stderr=subprocess.STDOUT)
         try:
@@ -96,7 +96,7 @@ def run_one(server: str, clients: int, rounds: int, timeout: float, processes: i
                 # report describes what the clients saw while the server was still up.
                 duration = max(1.0, deadline - time.monotonic() - LOADGEN_MARGIN_SECONDS)
                 load_proc = subprocess.Popen(
-                    [python, "-m", "bench.loadgen", "--server", address, "--clients", str(clients),
+                    [python, "-m", "fedproto.bench.loadgen", "--server", address, "--clients", str(clients),
                      "--processes", str(processes), "--streams-per-channel", str(streams_per_channel),
                      "--duration", f"{duration:.1f}", "--report", str(load_report)],
                     cwd=ROOT, stdout=load_log, stderr=subprocess.STDOUT,
@@ -257,13 +257,13 @@ def plot(runs: list[Run], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.scale",
+        prog="python -m fedproto.bench.scale",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m bench.scale\n"
-               "  python -m bench.scale --clients 100 1000 --rounds 1 --out /tmp/scale\n"
-               "  python -m bench.scale --clients 10000 --servers ours --timeout 300",
+               "  python -m fedproto.bench.scale\n"
+               "  python -m fedproto.bench.scale --clients 100 1000 --rounds 1 --out /tmp/scale\n"
+               "  python -m fedproto.bench.scale --clients 10000 --servers ours --timeout 300",
     )
     parser.add_argument("--clients", type=positive_int, nargs="+", default=list(DEFAULT_CLIENTS),
                         help="values of N (default: %(default)s)")

@@ -1,7 +1,7 @@
 """The two servers under test, each run with FedAvg and the same clock on its rounds.
 
-    python -m bench.servers flwr --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report flwr.json
-    python -m bench.servers ours --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report ours.json
+    python -m fedproto.bench.servers flwr --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report flwr.json
+    python -m fedproto.bench.servers ours --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report ours.json
 
 Both use FedAvg with fraction 1.0 and min fit/evaluate/available clients = N, starting from
 the same model of zeros: a 1,000-parameter float32 vector, or with ``--side S`` one S x S float32
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from bench.loadgen import MODEL_SIZE, loopback_address, positive_int
+from fedproto.bench.loadgen import MODEL_SIZE, loopback_address, positive_int
 
 
 class RoundClock:
@@ -97,7 +97,7 @@ def run_flwr(address: str, clients: int, rounds: int, report: str, side: int | N
 
 def run_ours(address: str, clients: int, rounds: int, report: str, side: int | None) -> None:
     """fedproto's reference server (grpc.aio) with a timed FedAvg."""
-    from server import FedAvg, run_server
+    from fedproto.server import FedAvg, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     clock = RoundClock()
@@ -115,10 +115,10 @@ RUNNERS = {"ours": run_ours, "flwr": run_flwr}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.servers",
+        prog="python -m fedproto.bench.servers",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  python -m bench.servers ours --address 127.0.0.1:8080 --clients 100 "
+        epilog="example:\n  python -m fedproto.bench.servers ours --address 127.0.0.1:8080 --clients 100 "
                "--rounds 2 --report ours.json",
     )
     parser.add_argument("server", choices=sorted(RUNNERS), help="which server to run")

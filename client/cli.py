@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.app import IDLE_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, MAX_RECONNECT_WAIT_SECONDS, Retry, run_client
-from client.fleet import TRANSPORTS, run_node
+from fedproto.client.app import IDLE_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, MAX_RECONNECT_WAIT_SECONDS, Retry, run_client
+from fedproto.client.fleet import TRANSPORTS, run_node
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
 EPILOG = """\
@@ -35,12 +35,12 @@ run in a ServerApp (fitins.* / evaluateins.*): see docs/fleet-node.md.
 
 examples:
   # a node of flower-superlink (started with --insecure); stop it with Ctrl-C or SIGTERM
-  fedproto-client --superlink 127.0.0.1:8000 --app client.demo:make_client
+  fedproto-client --superlink 127.0.0.1:8000 --app fedproto.client.demo:make_client
   # gRPC-rere Fleet API (SuperLink run with FLWR_INTERNAL_GRPC_FLEET_API=1, --fleet-api-address)
   fedproto-client --superlink 127.0.0.1:9092 --fleet-transport grpc-rere --app my_app:MyClient
   # two clients next to flwr's own server (python examples/flwr_server.py --address 127.0.0.1:8080 ...)
-  DEMO_PARTITION=0 fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client
-  DEMO_PARTITION=1 python -m client --server 127.0.0.1:8080 --app client.demo:make_client
+  DEMO_PARTITION=0 fedproto-client --server 127.0.0.1:8080 --app fedproto.client.demo:make_client
+  DEMO_PARTITION=1 python -m fedproto.client --server 127.0.0.1:8080 --app fedproto.client.demo:make_client
   # TLS: trust the CA that signed the server's certificate
   fedproto-client --server example.org:8443 --root-certificates ca.pem --app my_app:MyClient
 

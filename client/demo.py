@@ -1,6 +1,6 @@
 """A small NumPy-only handler for trying the edge client: softmax regression on generated data.
 
-    fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client
+    fedproto-client --server 127.0.0.1:8080 --app fedproto.client.demo:make_client
 
 ``make_client`` reads its partition from the environment so several processes can share one
 command line: DEMO_PARTITION (default 0) of DEMO_PARTITIONS (default 2). All partitions draw

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client.app import (
+from fedproto.client.app import (
     EXIT_DONE,
     EXIT_PROTOCOL_ERROR,
     EXIT_TLS_ERROR,

@@ -1,4 +1,4 @@
 """Human-activity recognition on MotionSense: centralized vs local-only vs federated (fedproto).
 
-Run ``python -m har --help``. Only ``har.model`` imports TensorFlow.
+Run ``python -m fedproto.har --help``. Only ``har.model`` imports TensorFlow.
 """

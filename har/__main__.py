@@ -1,5 +1,5 @@
 import sys
 
-from har.cli import main
+from fedproto.har.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""python -m har: human-activity recognition on MotionSense, centralized vs local-only vs federated."""
+"""python -m fedproto.har: human-activity recognition on MotionSense, centralized vs local-only vs federated."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from har.client_app import parse_hidden_units
-from har.settings import Settings
+from fedproto.har.client_app import parse_hidden_units
+from fedproto.har.settings import Settings
 
 log = logging.getLogger("har")
 
@@ -26,23 +26,23 @@ what it does:
   2. centralized: one model on all training windows.
   3. local-only: each client's model on its own subjects only, tested on everyone's test windows.
   4. federated: FedAvg server in this process and --clients edge client processes
-     (python -m client --app har.client_app:make_client) over gRPC on 127.0.0.1;
+     (python -m fedproto.client --app fedproto.har.client_app:make_client) over gRPC on 127.0.0.1;
      --rounds rounds of --local-epochs epochs; the server scores the global model on the
      common test set after every round. --server superlink: a real flower-superlink and a
      `flwr run` of har/superlink_app (message-API FedAvg, the ServerApp scores the global model);
-     the same clients join as Fleet API nodes (python -m client --superlink ...).
+     the same clients join as Fleet API nodes (python -m fedproto.client --superlink ...).
      --server fedproto,flwr,superlink runs the job on each and reports them side by side.
   Every paradigm gets the same budget: rounds x local epochs passes over its training data.
   Outputs in OUT: results.json, federated_accuracy.png, confusion_matrix.png, client logs.
 
 examples:
-  python -m har                                   # the default run (make run)
-  python -m har --data ~/motionsense --out real   # a downloaded MotionSense copy: the folder
+  python -m fedproto.har                                   # the default run (make run)
+  python -m fedproto.har --data ~/motionsense --out real   # a downloaded MotionSense copy: the folder
                                                   # holding A_DeviceMotion_data/ and
                                                   # data_subjects_info.csv
-  python -m har --clients 6 --rounds 20 --local-epochs 1
-  python -m har --server flwr                     # same clients against flwr's start_server
-  python -m har --server superlink                # same clients as Fleet nodes of flower-superlink
+  python -m fedproto.har --clients 6 --rounds 20 --local-epochs 1
+  python -m fedproto.har --server flwr                     # same clients against flwr's start_server
+  python -m fedproto.har --server superlink                # same clients as Fleet nodes of flower-superlink
 """
 
 
@@ -66,7 +66,7 @@ def server_list(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m har",
+        prog="python -m fedproto.har",
         description="Train an activity classifier (6 activities) from smartphone motion sensors three ways: "
                     "centralized, local-only and federated over fedproto's wire protocol, and compare them.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -131,20 +131,20 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
     except ValueError as error:
         parser.error(str(error))
-    from har.federated import FederatedError
+    from fedproto.har.federated import FederatedError
 
     try:
         return run(args, settings)
     except ValueError as error:  # har.data.DataError included: the message names the file
-        print(f"python -m har: error: {error}", file=sys.stderr)
+        print(f"python -m fedproto.har: error: {error}", file=sys.stderr)
         return 2
     except FederatedError as error:
-        print(f"python -m har: federated run failed: {error}", file=sys.stderr)
+        print(f"python -m fedproto.har: federated run failed: {error}", file=sys.stderr)
         return 1
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from har import data, synthetic
+    from fedproto.har import data, synthetic
 
     began = time.perf_counter()
     out: Path = args.out
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
              " | ".join(",".join(map(str, group)) for group in prepared.client_subjects))
     data_seconds = time.perf_counter() - began
 
-    from har import federated, paradigms, report
+    from fedproto.har import federated, paradigms, report
 
     start = paradigms.initial_weights(prepared.train.x.shape[1], settings)
     log.info("budget: %d epochs per paradigm (%d rounds x %d local epochs), batch %d, Adam lr %g, hidden %s",

@@ -1,9 +1,9 @@
 """The HAR edge client handler: one person-group's windows, the Keras model, NumPyClient methods.
 
     HAR_PARTITION_FILE=results/partitions/client_1.npz HAR_HIDDEN_UNITS=64,32 \\
-        python -m client --server 127.0.0.1:8080 --app har.client_app:make_client
+        python -m fedproto.client --server 127.0.0.1:8080 --app fedproto.har.client_app:make_client
 
-The orchestrator (``python -m har``) writes one partition file per client and starts each
+The orchestrator (``python -m fedproto.har``) writes one partition file per client and starts each
 client this way. Environment:
 
 - ``HAR_PARTITION_FILE`` (required): .npz with ``x_train, y_train, x_test, y_test``
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har.metrics import score
+from fedproto.har.metrics import score
 
 DEFAULT_HIDDEN_UNITS = "64,32"
 
@@ -44,7 +44,7 @@ class HarClient:
 
     def __init__(self, partition_file: Path, hidden: tuple[int, ...], seed: int) -> None:
         (self.x_train, self.y_train, self.x_test, self.y_test), self.partition = read_partition(partition_file)
-        from har import model as keras_model  # TensorFlow, only once a client is really made
+        from fedproto.har import model as keras_model  # TensorFlow, only once a client is really made
 
         self.keras = keras_model
         keras_model.configure(seed + self.partition)
@@ -80,7 +80,7 @@ class HarClient:
 def make_client() -> HarClient:
     partition_file = os.environ.get("HAR_PARTITION_FILE")
     if not partition_file:
-        raise ValueError("HAR_PARTITION_FILE is not set (the .npz written by python -m har)")
+        raise ValueError("HAR_PARTITION_FILE is not set (the .npz written by python -m fedproto.har)")
     return HarClient(
         Path(partition_file),
         hidden=parse_hidden_units(os.environ.get("HAR_HIDDEN_UNITS", DEFAULT_HIDDEN_UNITS)),
@@ -97,7 +97,7 @@ def read_partition(path: Path) -> tuple[tuple[np.ndarray, ...], int]:
         with np.load(path, allow_pickle=False) as data:
             return tuple(data[name] for name in PARTITION_ARRAYS), int(data["partition"])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(f"HAR_PARTITION_FILE={path}: not a partition file written by python -m har ({error})") from None
+        raise ValueError(f"HAR_PARTITION_FILE={path}: not a partition file written by python -m fedproto.har ({error})") from None
 
 
 def write_partition(path: Path, partition: int, x_train, y_train, x_test, y_test) -> None:

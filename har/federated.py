@@ -1,6 +1,6 @@
 """The federated run: a FedAvg server in this process, N edge clients as separate processes.
 
-Each client is the project's edge client (``python -m client --app har.client_app:make_client``)
+Each client is the project's edge client (``python -m fedproto.client --app fedproto.har.client_app:make_client``)
 talking ``FlowerService.Join`` over gRPC on loopback; its data is the partition file written
 here. The server is ours (``server.run_server``) or, with ``--server flwr``, flwr's own
 ``start_server``: same clients, same strategy settings, same evaluation.
@@ -8,7 +8,7 @@ here. The server is ours (``server.run_server``) or, with ``--server flwr``, flw
 With ``--server superlink`` the server is today's Flower: a real ``flower-superlink`` and a
 ``flwr run`` of the ServerApp in ``har/superlink_app`` (message-API FedAvg, centralized
 evaluation in the ServerApp), and the same clients join it as Fleet API nodes
-(``python -m client --superlink ...``); see :func:`run_on_superlink`.
+(``python -m fedproto.client --superlink ...``); see :func:`run_on_superlink`.
 
 Averaging sums floating-point numbers, so its result depends on the order of the clients'
 results, which is the order they happen to finish in. Both servers' FedAvg are given the
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from har.client_app import write_partition
-from har.data import Prepared
-from har.metrics import Scores
-from har.settings import Settings
+from fedproto.har.client_app import write_partition
+from fedproto.har.data import Prepared
+from fedproto.har.metrics import Scores
+from fedproto.har.settings import Settings
 
 log = logging.getLogger("har")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CLIENT_APP = "har.client_app:make_client"
+CLIENT_APP = "fedproto.har.client_app:make_client"
 WAIT_FOR_CLIENTS_SECONDS = 120  # clients import TensorFlow before they join: allow for a busy machine
 CLIENT_EXIT_SECONDS = 30
 
@@ -100,7 +100,7 @@ def start_clients(address: str, partitions: list[Path], settings: Settings, log_
         }
         with open(log_dir / f"client_{number}.log", "wb") as log_file:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "client", connect, address, "--app", CLIENT_APP],
+                [sys.executable, "-m", "fedproto.client", connect, address, "--app", CLIENT_APP],
                 cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
             ))
     return processes
@@ -204,7 +204,7 @@ def _strategy_arguments(settings: Settings, evaluate_fn, fit_config, evaluate_me
 
 
 def _serve_with_fedproto(address, settings, start, evaluate_fn, fit_config, evaluate_metrics, failures, clients):
-    from server import FedAvg, run_server
+    from fedproto.server import FedAvg, run_server
 
     strategy = _ordered(FedAvg, failures)(
         initial_parameters=start, **_strategy_arguments(settings, evaluate_fn, fit_config, evaluate_metrics))

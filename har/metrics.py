@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from har.data import ACTIVITIES
+from fedproto.har.data import ACTIVITIES
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ os.environ["TF_DETERMINISTIC_OPS"] = "1"
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from har.data import ACTIVITIES  # noqa: E402
+from fedproto.har.data import ACTIVITIES  # noqa: E402
 
 DEFAULT_LEARNING_RATE = 1e-3
 _configured = False

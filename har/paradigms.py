@@ -10,10 +10,10 @@ import logging
 
 import numpy as np
 
-from har import model as keras_model
-from har.data import Prepared
-from har.metrics import Scores, score
-from har.settings import Settings
+from fedproto.har import model as keras_model
+from fedproto.har.data import Prepared
+from fedproto.har.metrics import Scores, score
+from fedproto.har.settings import Settings
 
 log = logging.getLogger("har")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from har.data import ACTIVITIES, ACTIVITY_NAMES
-from har.federated import FederatedOutcome
-from har.metrics import Scores
+from fedproto.har.data import ACTIVITIES, ACTIVITY_NAMES
+from fedproto.har.federated import FederatedOutcome
+from fedproto.har.metrics import Scores
 
 ACCURACY_PLOT = "federated_accuracy.png"
 CONFUSION_PLOT = "confusion_matrix.png"

@@ -1,6 +1,6 @@
 """A deterministic stand-in for MotionSense, written in exactly the dataset's layout. NumPy only.
 
-The machine that runs the tutorial cannot download the real dataset, so ``python -m har``
+The machine that runs the tutorial cannot download the real dataset, so ``python -m fedproto.har``
 generates this one by default and reads it back with the same loader (``har.data``) that
 reads a real copy. It is synthetic: the signals come from a simple model of a phone in a
 trouser front pocket, not from people.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har.data import CHANNELS, MOTION_DIR, SAMPLE_RATE_HZ, SUBJECT_COLUMNS, SUBJECTS_FILE, TRIALS
+from fedproto.har.data import CHANNELS, MOTION_DIR, SAMPLE_RATE_HZ, SUBJECT_COLUMNS, SUBJECTS_FILE, TRIALS
 
 SUBJECTS = 24
 FIRST_SESSION_SECONDS = 36.0  # trials 1-9

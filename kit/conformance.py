@@ -97,8 +97,8 @@ from fedproto.server_role import (
 )
 from fedproto.transport_pb2 import ClientMessage, Code, Reason
 from fedproto.wire import message_size_options
-from kit.make_vectors import EVERY_SCALAR
-from server.endpoint import join_handler
+from fedproto.kit.make_vectors import EVERY_SCALAR
+from fedproto.server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.conformance")
 
@@ -647,7 +647,7 @@ steps (for --skip / --only, by number or name):
 
 examples:
   fedproto-conformance --address 127.0.0.1:9092 &
-  fedproto-client --server 127.0.0.1:9092 --app client.demo:make_client
+  fedproto-client --server 127.0.0.1:9092 --app fedproto.client.demo:make_client
 
   # any other client: flwr's, or your port
   fedproto-conformance --address 0.0.0.0:9092 --timeout 120

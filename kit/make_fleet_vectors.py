@@ -1,6 +1,6 @@
 """Golden vectors for the Fleet API's object format: a few messages as their exact objects.
 
-    python -m kit.make_fleet_vectors [DIR]        (default: kit/fleet_vectors)
+    python -m fedproto.kit.make_fleet_vectors [DIR]        (default: kit/fleet_vectors)
 
 Each vector is one Message deflated by fedproto.objects (tests/test_objects.py proves every one
 byte-identical to flwr 1.42's ``deflate()``): ``manifest.json`` gives its metadata, content (or
@@ -247,7 +247,7 @@ def write_vectors(directory: Path) -> dict[str, Any]:
             "objects": objects,
         })
     manifest = {
-        "generator": "python -m kit.make_fleet_vectors",
+        "generator": "python -m fedproto.kit.make_fleet_vectors",
         "format": "docs/fleet-objects.md; object = b'<TypeName> <child ids joined by ,> <len(body)>' + b'\\x00' + body, "
                   "id = sha256(object).hexdigest()",
         "chunk_size": CHUNK_SIZE,
@@ -267,7 +267,7 @@ def write_vectors(directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kit.make_fleet_vectors", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedproto.kit.make_fleet_vectors", description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args(argv)
     manifest = write_vectors(args.directory)

@@ -1,6 +1,6 @@
 """Golden vectors: the exact bytes of every ServerMessage and ClientMessage variant.
 
-    python -m kit.make_vectors [DIR]        (default: kit/vectors)
+    python -m fedproto.kit.make_vectors [DIR]        (default: kit/vectors)
 
 Each vector is one serialized message (``NAME.bin``, no gRPC framing) and one entry in
 ``manifest.json`` describing its content, so a port in any language can check both directions:
@@ -189,7 +189,7 @@ def write_vectors(directory: Path) -> list[Path]:
             "content": content,
         })
     manifest = {
-        "generator": "python -m kit.make_vectors",
+        "generator": "python -m fedproto.kit.make_vectors",
         "proto": "proto/flwr/proto/transport.proto (package flwr.proto)",
         "serialization": "protobuf deterministic: fields in number order, map entries sorted by key",
         "conventions": {
@@ -210,9 +210,9 @@ def write_vectors(directory: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kit.make_vectors",
+        prog="python -m fedproto.kit.make_vectors",
         description="Write the golden vectors (.bin per message variant + manifest.json).",
-        epilog="example:\n  python -m kit.make_vectors /tmp/vectors && diff -r /tmp/vectors kit/vectors",
+        epilog="example:\n  python -m fedproto.kit.make_vectors /tmp/vectors && diff -r /tmp/vectors kit/vectors",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR,

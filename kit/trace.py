@@ -40,7 +40,7 @@ from fedproto.errors import FedprotoError
 from fedproto.server_role import enum_name, parse_reply
 from fedproto.transport_pb2 import Code, Reason
 from fedproto.wire import JOIN_METHOD, message_size_options
-from server.endpoint import join_handler
+from fedproto.server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.trace")
 

@@ -1,6 +1,6 @@
 """The fedproto reference server: Flower's legacy server (``FlowerService.Join``) on grpc.aio.
 
-    from server import run_server, FedAvg
+    from fedproto.server import run_server, FedAvg
     result = run_server(address="0.0.0.0:8080", strategy=FedAvg(min_available_clients=2), rounds=3)
     result.history, result.parameters
 
@@ -14,12 +14,12 @@
 """
 
 from fedproto.server_role import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
-from server.app import run_server
-from server.client_manager import ClientManager
-from server.history import History, RoundRecord
-from server.loop import ClientsUnavailable, ServerResult
-from server.strategy import FedAdam, FedAvg, FedProx, Strategy
-from server.transport import BindError
+from fedproto.server.app import run_server
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.history import History, RoundRecord
+from fedproto.server.loop import ClientsUnavailable, ServerResult
+from fedproto.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+from fedproto.server.transport import BindError
 
 __all__ = [
     "BindError", "ClientManager", "ClientsUnavailable", "EvaluateIns", "EvaluateRes", "Failure",

@@ -25,7 +25,7 @@ import numpy as np
 
 from fedproto.errors import FedprotoError
 from fedproto.server_role import NDArrays
-from server.history import History
+from fedproto.server.history import History
 
 log = logging.getLogger("fedproto.server")
 

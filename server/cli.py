@@ -10,11 +10,11 @@ from pathlib import Path
 
 from fedproto import tensor_formats
 from fedproto.wire import MAX_MESSAGE_LENGTH
-from server.app import run_server
-from server.checkpoint import CheckpointError, load_npz
-from server.loop import ClientsUnavailable
-from server.strategy import FedAdam, FedAvg, FedProx, weighted_metrics_average
-from server.transport import BindError
+from fedproto.server.app import run_server
+from fedproto.server.checkpoint import CheckpointError, load_npz
+from fedproto.server.loop import ClientsUnavailable
+from fedproto.server.strategy import FedAdam, FedAvg, FedProx, weighted_metrics_average
+from fedproto.server.transport import BindError
 
 EXIT_OK = 0
 EXIT_CHECKPOINT = 1  # the checkpoint directory or --initial-parameters file is unreadable
@@ -25,7 +25,7 @@ EXIT_NOTHING_LEARNED = 5  # rounds ran, but not one aggregated a fit result: the
 
 EPILOG = """\
 Any Flower client that speaks the legacy gRPC transport can join: fedproto's edge client
-(fedproto-client / python -m client), flwr's own (flwr.client.start_client) or Flower's C++ SDK.
+(fedproto-client / python -m fedproto.client), flwr's own (flwr.client.start_client) or Flower's C++ SDK.
 Tensor formats hosted: numpy.ndarray (.npy) and cpp_double (the C++ SDK's flat float64); each
 client is answered in the format it sends (a new one: --tensor-type, or else the initial
 model's format). A mixed fleet with C++ clients: --tensor-type cpp_double (fedproto's edge
@@ -44,7 +44,7 @@ of the average. A round in which clients it asked have left ends with "| 3 of 4 
 examples:
   # 3 rounds as soon as 2 clients are connected
   fedproto-server --address 0.0.0.0:8080 --rounds 3 --min-clients 2
-  fedproto-client --server 127.0.0.1:8080 --app client.demo:make_client      # twice
+  fedproto-client --server 127.0.0.1:8080 --app fedproto.client.demo:make_client      # twice
 
   # train on half of the clients each round, give up on a client silent for 60 s,
   # send {"lr": 0.1, "server_round": N} with every FitIns/EvaluateIns, save the History

@@ -54,11 +54,11 @@ from fedproto.server_role import (
     reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage
-from server import checkpoint
-from server.client_manager import ClientManager
-from server.history import History, RoundRecord
-from server.strategy import Strategy
-from server.transport import ClientProxy
+from fedproto.server import checkpoint
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.history import History, RoundRecord
+from fedproto.server.strategy import Strategy
+from fedproto.server.transport import ClientProxy
 
 log = logging.getLogger("fedproto.server")
 

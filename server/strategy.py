@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedproto.server_role import Config, EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, Metrics, NDArrays
-from server.client_manager import Client, ClientManager
+from fedproto.server.client_manager import Client, ClientManager
 
 log = logging.getLogger("fedproto.server")
 

@@ -37,8 +37,8 @@ import grpc
 from fedproto.server_role import FailureKind, ReplyError, parse_reply
 from fedproto.transport_pb2 import ClientMessage
 from fedproto.wire import MAX_MESSAGE_LENGTH, message_size_options
-from server.client_manager import ClientManager
-from server.endpoint import join_handler
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.server")
 

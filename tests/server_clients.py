@@ -1,6 +1,6 @@
 """Clients for the server tests: well-behaved, misbehaving, and flwr's own.
 
-Handlers for the edge client (``python -m client --app tests.server_clients:NAME``), built on
+Handlers for the edge client (``python -m fedproto.client --app tests.server_clients:NAME``), built on
 the demo's softmax client so their good replies fit the same model:
 
 - ``NanClient``: fit returns NaN and Inf weights.
@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.demo import SoftmaxClient, make_client  # noqa: E402
+from fedproto.client.demo import SoftmaxClient, make_client  # noqa: E402
 
 
 class NanClient(SoftmaxClient):

@@ -223,9 +223,9 @@ class Harness:
     def start_fedproto_node(self, name: str, app: str, env: dict[str, str] | None = None,
                             extra_args: list[str] | None = None,
                             transport: str = "http") -> Process:
-        """Our node: `python -m client --superlink ... --app MODULE:ATTR` (the CLI contract)."""
+        """Our node: `python -m fedproto.client --superlink ... --app MODULE:ATTR` (the CLI contract)."""
         address = self.fleet_grpc_address if transport == "grpc-rere" else self.address
-        args = [sys.executable, "-m", "client", "--superlink", address, "--app", app]
+        args = [sys.executable, "-m", "fedproto.client", "--superlink", address, "--app", app]
         if transport != "http":
             args += ["--fleet-transport", transport]
         if self.tls is not None:

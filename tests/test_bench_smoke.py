@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import free_port
 
-from bench.loadgen import main as loadgen_main
+from fedproto.bench.loadgen import main as loadgen_main
 
 CLIENTS = 20
 
@@ -31,10 +31,10 @@ def test_loadgen_clients_complete_one_round_on_our_server(spawn, tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     rounds_report, load_report = tmp_path / "rounds.json", tmp_path / "loadgen.json"
-    server = spawn("server", "-m", "bench.servers", "ours", "--address", address,
+    server = spawn("server", "-m", "fedproto.bench.servers", "ours", "--address", address,
                    "--clients", str(CLIENTS), "--rounds", "1", "--report", str(rounds_report))
     wait_listening(port, timeout=10)
-    loadgen = spawn("loadgen", "-m", "bench.loadgen", "--server", address, "--clients", str(CLIENTS),
+    loadgen = spawn("loadgen", "-m", "fedproto.bench.loadgen", "--server", address, "--clients", str(CLIENTS),
                     "--processes", "2", "--streams-per-channel", "8", "--duration", "15",
                     "--report", str(load_report))
 
@@ -77,7 +77,7 @@ def test_loadgen_refuses_bad_arguments_before_connecting(args, message, capsys):
 
 def test_rounds_runs_ours_and_flwr_with_four_clients_and_checks_the_aggregate(tmp_path):
     """One round of each side, a 10x10 model: four fits and evaluates, loss 0.01, or RunFailed."""
-    from bench import rounds
+    from fedproto.bench import rounds
 
     for server in rounds.SERVERS:
         run = rounds.run_one(server, side=10, rounds=1, timeout=90, workdir=tmp_path)
@@ -87,7 +87,7 @@ def test_rounds_runs_ours_and_flwr_with_four_clients_and_checks_the_aggregate(tm
 
 
 def test_rounds_refuses_a_run_with_a_missing_result():
-    from bench import rounds
+    from fedproto.bench import rounds
 
     measured = [{"fit_results": 4, "fit_failures": 0, "evaluate_results": 3, "evaluate_failures": 1,
                  "loss": 0.01, "seconds": 0.1}]
@@ -96,9 +96,9 @@ def test_rounds_refuses_a_run_with_a_missing_result():
 
 
 def test_bench_run_writes_json_plot_and_summary(tmp_path, monkeypatch):
-    """``python -m bench.run --only codec``: our FitRes bytes equal flwr's, both decoders agree."""
-    from bench import codec
-    from bench.run import main as run_main
+    """``python -m fedproto.bench.run --only codec``: our FitRes bytes equal flwr's, both decoders agree."""
+    from fedproto.bench import codec
+    from fedproto.bench.run import main as run_main
 
     monkeypatch.setattr(codec, "SIZES", {"1KB": 1_000})  # the path of 40 MB, in a fraction of a second
     assert run_main(["--only", "codec", "--repeats", "2", "--out", str(tmp_path)]) == 0
@@ -115,7 +115,7 @@ def test_bench_run_writes_json_plot_and_summary(tmp_path, monkeypatch):
 
 
 def test_summary_shows_median_spread_and_a_run_that_did_not_complete():
-    from bench.report import scale_table
+    from fedproto.bench.report import scale_table
 
     def run(server, seconds, rss, completed=True):
         return {"server": server, "clients": 5000, "completed": completed, "seconds_per_round": seconds,

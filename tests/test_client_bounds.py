@@ -1,6 +1,6 @@
 """The edge client never waits without a bound (issue 9, item 4).
 
-``python -m client`` runs as a process against a raw gRPC server defined here, which sends
+``python -m fedproto.client`` runs as a process against a raw gRPC server defined here, which sends
 exactly the bytes a test scripts (a ReconnectIns with seconds = 2**62, or nothing at all), or
 against flwr's real ``start_server`` (examples/flwr_server.py).
 """
@@ -75,7 +75,7 @@ def scripted_server():
 
 
 def edge(spawn, server, *options: str, name: str = "client"):
-    return spawn(name, "-m", "client", "--server", server.address, "--app", "client.demo:make_client",
+    return spawn(name, "-m", "fedproto.client", "--server", server.address, "--app", "fedproto.client.demo:make_client",
                  "--retry-delay", "0.1", *options)
 
 
@@ -105,12 +105,12 @@ def test_a_server_that_never_speaks_is_left_after_the_idle_timeout_and_joined_ag
 def test_a_server_that_goes_quiet_mid_session_is_left_too_and_the_handler_time_does_not_count(
         spawn, scripted_server, tmp_path):
     from fedproto.server_role import FitIns, encode_fit_ins
-    from client.demo import SoftmaxClient
+    from fedproto.client.demo import SoftmaxClient
 
     fit = encode_fit_ins(FitIns(SoftmaxClient().get_parameters({})))
     # The handler sleeps 1.5 s (> --idle-timeout) in fit: that is not server silence.
     server = scripted_server([[fit, SILENCE], [DONE]])
-    client = spawn("client", "-m", "client", "--server", server.address, "--app", "tests.server_clients:SlowClient",
+    client = spawn("client", "-m", "fedproto.client", "--server", server.address, "--app", "tests.server_clients:SlowClient",
                    "--retry-delay", "0.1", "--idle-timeout", "1", env={"SLOW_FIT_SECONDS": "1.5"})
     server.next_join(30)
     server.next_join(30)
@@ -170,7 +170,7 @@ def test_flwrs_start_server_refuses_keepalive_pings_below_its_five_minute_floor(
     # Why the default is 300 s: the real server, a 4 s fit, our client pinging every second.
     run = start_flwr_server(spawn, tmp_path, rounds=1, min_clients=1)
     wait_until_listening(run)
-    client = spawn("client", "-m", "client", "--server", run.address, "--app", "tests.server_clients:SlowClient",
+    client = spawn("client", "-m", "fedproto.client", "--server", run.address, "--app", "tests.server_clients:SlowClient",
                    "--keepalive", "1", env={"SLOW_FIT_SECONDS": "4"})
     run.history()
     assert client.wait(60) == 0, client.log()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from client.cli import main
+from fedproto.client.cli import main
 from conftest import free_port
 from test_client_interop import log_time
 
@@ -22,7 +22,7 @@ from test_client_interop import log_time
 ])
 def test_bad_server_address_is_a_usage_error(server, complaint, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--server", server, "--app", "client.demo:make_client"])
+        main(["--server", server, "--app", "fedproto.client.demo:make_client"])
     assert exit_info.value.code == 2
     assert f"fedproto-client: error: argument --server: {complaint}" in capsys.readouterr().err
 
@@ -33,18 +33,18 @@ def test_bad_server_address_is_a_usage_error(server, complaint, capsys):
 ])
 def test_bad_numbers_are_usage_errors(option, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--server", "127.0.0.1:8080", "--app", "client.demo:make_client", option, value])
+        main(["--server", "127.0.0.1:8080", "--app", "fedproto.client.demo:make_client", option, value])
     assert exit_info.value.code == 2
     assert f"argument {option}: expected" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("app, complaint", [
-    ("client.demo", "ValueError: --app must look like MODULE:ATTR, got 'client.demo'"),
-    ("client.nosuchmodule:make_client", "ModuleNotFoundError: No module named 'client.nosuchmodule'"),
-    ("client.demo:no_such_factory", "AttributeError: module 'client.demo' has no attribute 'no_such_factory'"),
-    ("client.demo:FEATURES", "ValueError: FEATURES is not a handler (int has none of get_properties, "
+    ("fedproto.client.demo", "ValueError: --app must look like MODULE:ATTR, got 'fedproto.client.demo'"),
+    ("fedproto.client.nosuchmodule:make_client", "ModuleNotFoundError: No module named 'fedproto.client.nosuchmodule'"),
+    ("fedproto.client.demo:no_such_factory", "AttributeError: module 'fedproto.client.demo' has no attribute 'no_such_factory'"),
+    ("fedproto.client.demo:FEATURES", "ValueError: FEATURES is not a handler (int has none of get_properties, "
                              "get_parameters, fit, evaluate)"),
-    ("client.demo:SoftmaxClient.fit", "AttributeError: module 'client.demo' has no attribute 'SoftmaxClient.fit'"),
+    ("fedproto.client.demo:SoftmaxClient.fit", "AttributeError: module 'fedproto.client.demo' has no attribute 'SoftmaxClient.fit'"),
 ])
 def test_unloadable_app_is_a_usage_error(app, complaint, capsys):
     assert main(["--server", "127.0.0.1:8080", "--app", app]) == 2
@@ -53,21 +53,21 @@ def test_unloadable_app_is_a_usage_error(app, complaint, capsys):
 
 def test_unreadable_root_certificates_is_a_usage_error(tmp_path, capsys):
     missing = tmp_path / "missing.pem"
-    assert main(["--server", "127.0.0.1:8080", "--app", "client.demo:make_client",
+    assert main(["--server", "127.0.0.1:8080", "--app", "fedproto.client.demo:make_client",
                  "--root-certificates", str(missing)]) == 2
     assert capsys.readouterr().err == (
         f"fedproto-client: cannot read --root-certificates: [Errno 2] No such file or directory: '{missing}'\n")
 
 
 def test_usage_error_exit_code_of_the_real_process(spawn):
-    proc = spawn("edge_client", "-m", "client", "--server", "127.0.0.1", "--app", "client.demo:make_client")
+    proc = spawn("edge_client", "-m", "fedproto.client", "--server", "127.0.0.1", "--app", "fedproto.client.demo:make_client")
     assert proc.wait(30) == 2
     assert "fedproto-client: error: argument --server: '127.0.0.1' has no port" in proc.log()
 
 
 def test_unreachable_server_is_retried_with_backoff_then_exit_3(spawn):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    proc = spawn("edge_client", "-m", "client", "--server", address, "--app", "client.demo:make_client",
+    proc = spawn("edge_client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client",
                  "--retries", "4", "--retry-delay", "0.1")
     assert proc.wait(30) == 3
     lines = proc.log().splitlines()

@@ -1,6 +1,6 @@
 """Our edge client against flwr's real server (flwr.server.start_server), over loopback gRPC.
 
-Each test runs examples/flwr_server.py and ``python -m client`` (and, once, flwr's own
+Each test runs examples/flwr_server.py and ``python -m fedproto.client`` (and, once, flwr's own
 NumPyClient) as separate processes, then checks what flwr's History, the aggregated
 parameters and the processes' logs say. The handlers (tests/interop_handlers.py) are
 deterministic, so every expected value is computed here by hand.
@@ -81,7 +81,7 @@ def handler_env(client: int, tmp_path: Path, **extra: str) -> dict[str, str]:
 def start_edge_client(spawn, run: FlwrRun, tmp_path, client: int, *options: str,
                       app: str = "interop_handlers:delta_client", **extra_env: str) -> Proc:
     # --retry-delay is small because the clients start while flwr's server is still importing.
-    return spawn(f"edge_client_{client}", "-m", "client", "--server", run.address, "--app", app,
+    return spawn(f"edge_client_{client}", "-m", "fedproto.client", "--server", run.address, "--app", app,
                  "--retry-delay", "0.2", *options, env=handler_env(client, tmp_path, **extra_env))
 
 

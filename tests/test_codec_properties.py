@@ -34,7 +34,7 @@ from fedproto.dispatch import ClientSession
 from fedproto.errors import FedprotoError
 from fedproto.transport_pb2 import Parameters, Scalar, ServerMessage
 from fedproto.wire import MAX_MESSAGE_LENGTH
-from kit.make_vectors import DEFAULT_DIR
+from fedproto.kit.make_vectors import DEFAULT_DIR
 
 QUICK = settings(max_examples=300, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -84,6 +84,6 @@ def test_only_runs_the_step_with_join_and_what_it_needs(spawn):
     (["--only", "fit", "--skip", "evaluate"], "not allowed with argument"),
 ])
 def test_bad_step_arguments_are_usage_errors(argv, message):
-    run = subprocess.run([sys.executable, "-m", "kit.conformance", "--address", "127.0.0.1:0", *argv],
+    run = subprocess.run([sys.executable, "-m", "fedproto.kit.conformance", "--address", "127.0.0.1:0", *argv],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and message in run.stderr, run.stderr

@@ -13,7 +13,7 @@ from fedproto import CodecError, FedprotoError, HandlerError, ProtocolError, Rep
 from fedproto.codec import bytes_to_ndarray
 from fedproto.dispatch import ClientSession
 from fedproto.server_role import FailureKind, parse_reply
-from server.checkpoint import CheckpointError, load_npz
+from fedproto.server.checkpoint import CheckpointError, load_npz
 
 
 def core_exceptions() -> list[type]:

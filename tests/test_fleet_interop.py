@@ -1,6 +1,6 @@
 """fedproto's Fleet node against the real flwr 1.42 SuperLink: real processes over loopback.
 
-Each test starts `flower-superlink`, our nodes (`python -m client --superlink ... --app
+Each test starts `flower-superlink`, our nodes (`python -m fedproto.client --superlink ... --app
 superlink_app.handlers:make_client`) and `flwr run` of examples/superlink_app, whose ServerApp
 writes the final global model and every reply it received. The expected model is computed here,
 independently, from the handler's arithmetic (superlink_app/arithmetic.py). A node keeps serving

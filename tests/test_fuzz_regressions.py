@@ -12,7 +12,7 @@ import pytest
 from fedproto.codec import TENSOR_TYPE, CodecError, bytes_to_ndarray
 from fedproto.dispatch import ClientSession, ProtocolError
 from fedproto.transport_pb2 import Parameters, ServerMessage
-from kit.make_vectors import DEFAULT_DIR
+from fedproto.kit.make_vectors import DEFAULT_DIR
 
 
 def npy_v1(header: bytes, data: bytes = b"") -> bytes:

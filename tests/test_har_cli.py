@@ -1,4 +1,4 @@
-"""python -m har and the HAR edge client refuse bad input with a named error, before any training."""
+"""python -m fedproto.har and the HAR edge client refuse bad input with a named error, before any training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from har import client_app, synthetic
+from fedproto.har import client_app, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,12 +25,12 @@ def four_subjects(tmp_path_factory) -> Path:
 
 
 def test_help_teaches_the_options_and_says_the_default_data_is_synthetic():
-    result = run("-m", "har", "--help")
+    result = run("-m", "fedproto.har", "--help")
     assert result.returncode == 0
     for option in ("--data PATH", "--clients N", "--rounds R", "--local-epochs E", "--server KIND[,KIND...]",
                    "--out DIR", "--seed SEED"):
         assert option in result.stdout
-    assert "SYNTHETIC" in result.stdout and "python -m har --server flwr" in result.stdout
+    assert "SYNTHETIC" in result.stdout and "python -m fedproto.har --server flwr" in result.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -41,20 +41,20 @@ def test_help_teaches_the_options_and_says_the_default_data_is_synthetic():
     (["--server", "grpc"], "argument --server: expected distinct servers among fedproto, flwr, superlink, got 'grpc'"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path):
-    result = run("-m", "har", "--out", str(tmp_path), *args)
+    result = run("-m", "fedproto.har", "--out", str(tmp_path), *args)
     assert result.returncode == 2
     assert message in result.stderr
 
 
 def test_bad_data_paths_are_named(tmp_path):
     missing = tmp_path / "nowhere"
-    result = run("-m", "har", "--data", str(missing), "--out", str(tmp_path / "out"))
+    result = run("-m", "fedproto.har", "--data", str(missing), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert f"python -m har: error: {missing}: no such folder" in result.stderr
+    assert f"python -m fedproto.har: error: {missing}: no such folder" in result.stderr
 
 
 def test_more_clients_than_subjects_is_refused(four_subjects, tmp_path):
-    result = run("-m", "har", "--data", str(four_subjects), "--clients", "5", "--out", str(tmp_path))
+    result = run("-m", "fedproto.har", "--data", str(four_subjects), "--clients", "5", "--out", str(tmp_path))
     assert result.returncode == 2
     assert "--clients must be between 1 and the number of subjects (4), got 5" in result.stderr
 
@@ -87,9 +87,9 @@ def test_partition_file_round_trip(tmp_path):
 def test_edge_client_cli_reports_a_bad_partition_file(tmp_path):
     bad = tmp_path / "client_1.npz"
     bad.write_bytes(b"PK\x03\x04 truncated")
-    result = run("-m", "client", "--server", "127.0.0.1:9", "--app", "har.client_app:make_client",
+    result = run("-m", "fedproto.client", "--server", "127.0.0.1:9", "--app", "fedproto.har.client_app:make_client",
                  env={"HAR_PARTITION_FILE": str(bad)})
     assert result.returncode == 2
-    assert (f"cannot load --app har.client_app:make_client: ValueError: HAR_PARTITION_FILE={bad}: "
-            "not a partition file written by python -m har (File is not a zip file)") \
+    assert (f"cannot load --app fedproto.har.client_app:make_client: ValueError: HAR_PARTITION_FILE={bad}: "
+            "not a partition file written by python -m fedproto.har (File is not a zip file)") \
         in result.stderr

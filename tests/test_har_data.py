@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from har import data, synthetic
-from har.data import CHANNELS, DataError, MOTION_DIR, SUBJECTS_FILE, TRIALS
-from har.metrics import confusion_matrix, macro_f1, score
+from fedproto.har import data, synthetic
+from fedproto.har.data import CHANNELS, DataError, MOTION_DIR, SUBJECTS_FILE, TRIALS
+from fedproto.har.metrics import confusion_matrix, macro_f1, score
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "," + ",".join(CHANNELS)
@@ -280,8 +280,8 @@ def test_scores_accuracy_macro_f1_and_confusion():
 
 
 def test_only_the_model_module_imports_tensorflow():
-    modules = ["har", "har.data", "har.synthetic", "har.metrics", "har.settings", "har.client_app",
-               "har.federated", "har.report", "har.cli"]
+    modules = ["fedproto.har"] + [f"fedproto.har.{name}" for name in
+                                  ("data", "synthetic", "metrics", "settings", "client_app", "federated", "report", "cli")]
     code = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
             "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'flwr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""python -m har end to end, small: real edge client processes, real gRPC, real outputs."""
+"""python -m fedproto.har end to end, small: real edge client processes, real gRPC, real outputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from har import synthetic
+from fedproto.har import synthetic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANCE = 1 / 6
@@ -23,7 +23,7 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 def run_har(spawn, out: Path, data: Path, *extra: str):
-    proc = spawn("har", "-m", "har", "--data", str(data), "--clients", "2", "--rounds", "2", "--local-epochs", "1",
+    proc = spawn("har", "-m", "fedproto.har", "--data", str(data), "--clients", "2", "--rounds", "2", "--local-epochs", "1",
                  "--hidden", "16", "--port", str(free_port()), "--out", str(out), *extra)
     code = proc.wait(timeout=150)
     assert code == 0, proc.log()[-4000:]
@@ -78,11 +78,11 @@ def test_har_end_to_end_with_flwr_server(spawn, small_dataset, tmp_path):
 
 def test_a_client_that_cannot_start_is_reported_with_its_log(small_dataset, tmp_path, monkeypatch):
     """The server stops waiting and the error carries the client's own explanation."""
-    from har import data, federated
-    from har.metrics import Scores
-    from har.settings import Settings
+    from fedproto.har import data, federated
+    from fedproto.har.metrics import Scores
+    from fedproto.har.settings import Settings
 
-    monkeypatch.setattr(federated, "CLIENT_APP", "har.client_app:missing_factory")
+    monkeypatch.setattr(federated, "CLIENT_APP", "fedproto.har.client_app:missing_factory")
     monkeypatch.setattr(federated, "WAIT_FOR_CLIENTS_SECONDS", 3)
     prepared = data.prepare(small_dataset, clients=2)
     unscored = Scores(loss=1.0, accuracy=0.0, macro_f1=0.0, confusion=np.zeros((6, 6), np.int64))
@@ -92,4 +92,4 @@ def test_a_client_that_cannot_start_is_reported_with_its_log(small_dataset, tmp_
     message = str(caught.value)
     assert message.startswith("fedproto server stopped: ClientsUnavailable:")
     assert "edge client 1 exited with code 2" in message and "edge client 2 exited with code 2" in message
-    assert "cannot load --app har.client_app:missing_factory" in message
+    assert "cannot load --app fedproto.har.client_app:missing_factory" in message

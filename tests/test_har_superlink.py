@@ -1,4 +1,4 @@
-"""python -m har --server superlink, small: real flower-superlink, flwr run, our Fleet nodes."""
+"""python -m fedproto.har --server superlink, small: real flower-superlink, flwr run, our Fleet nodes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from har import synthetic
+from fedproto.har import synthetic
 
 CHANCE = 1 / 6
 
@@ -22,7 +22,7 @@ def small_dataset(tmp_path_factory) -> Path:
 @pytest.mark.timeout(300)
 def test_har_on_superlink_with_fleet_nodes(spawn, small_dataset, tmp_path):
     out = tmp_path / "out"
-    proc = spawn("har", "-m", "har", "--data", str(small_dataset), "--clients", "2", "--rounds", "2",
+    proc = spawn("har", "-m", "fedproto.har", "--data", str(small_dataset), "--clients", "2", "--rounds", "2",
                  "--local-epochs", "1", "--hidden", "16", "--server", "superlink", "--out", str(out))
     code = proc.wait(timeout=280)
     assert code == 0, proc.log()[-4000:]
@@ -47,7 +47,7 @@ def test_har_on_superlink_with_fleet_nodes(spawn, small_dataset, tmp_path):
 def test_server_list_accepts_the_three_servers_once_each():
     import argparse
 
-    from har.cli import build_parser, server_list
+    from fedproto.har.cli import build_parser, server_list
 
     assert server_list("superlink") == ("superlink",)
     assert build_parser().parse_args(["--server", "fedproto,flwr,superlink"]).server == (

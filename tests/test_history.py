@@ -8,7 +8,7 @@ import math
 import pytest
 
 from fedproto.text import DROPPED_METRICS_KEY, MAX_METRICS, bound_metrics, bound_text
-from server.history import History, RoundRecord
+from fedproto.server.history import History, RoundRecord
 from fedproto.server_role import Failure, FailureKind
 
 

@@ -21,16 +21,16 @@ CORE = ["fedproto"] + sorted(f"fedproto.{path.stem}" for path in (ROOT / "fedpro
                              if path.stem != "__init__")
 
 MODULES = CORE + [
-    "client",
-    "client.app",
-    "client.cli",
-    "client.fleet",
-    "client.demo",
-    "server",
-    "server.cli",
-    "kit.trace",
-    "kit.conformance",
-    "kit.make_vectors",
+    "fedproto.client",
+    "fedproto.client.app",
+    "fedproto.client.cli",
+    "fedproto.client.fleet",
+    "fedproto.client.demo",
+    "fedproto.server",
+    "fedproto.server.cli",
+    "fedproto.kit.trace",
+    "fedproto.kit.conformance",
+    "fedproto.kit.make_vectors",
 ]
 
 # Top-level packages that must stay out: TensorFlow (and its Keras) belong to the HAR model
@@ -68,7 +68,7 @@ def test_the_core_imports_no_grpc(module):
 
 
 def test_the_check_sees_an_import_of_grpc():
-    assert "'grpc'" in imported("server.endpoint", FORBIDDEN_IN_CORE)
+    assert "'grpc'" in imported("fedproto.server.endpoint", FORBIDDEN_IN_CORE)
 
 
 def test_the_check_sees_an_import_of_flwr():

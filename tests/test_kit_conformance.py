@@ -68,7 +68,7 @@ def run_conformance(spawn, start_client, *runner_args: str, timeout: float = 20,
                     ) -> tuple[int, dict[int, tuple[str, str]], Proc]:
     """Start the runner, then the client; returns (exit code, {row: (PASS|FAIL|SKIP, detail)}, runner)."""
     address = f"127.0.0.1:{free_port()}"
-    runner = spawn("conformance", "-m", "kit.conformance", "--address", address, "--timeout", str(timeout),
+    runner = spawn("conformance", "-m", "fedproto.kit.conformance", "--address", address, "--timeout", str(timeout),
                    *runner_args)
     deadline = time.monotonic() + 20
     while "waiting for a client" not in runner.log():
@@ -94,7 +94,7 @@ def failing(rows) -> set[int]:
 
 def test_our_edge_client_with_the_demo_handler_passes_every_check(spawn):
     code, rows, runner = run_conformance(spawn, lambda address: spawn(
-        "client", "-m", "client", "--server", address, "--app", "client.demo:make_client"))
+        "client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client"))
     assert code == 0, runner.log()
     assert failing(rows) == set()
     assert "all 16 checks passed" in runner.log()
@@ -151,7 +151,7 @@ def test_flwr_client_whose_handler_raises_leaves_instead_of_reporting_a_status(s
 ])
 def test_broken_handlers_are_caught_and_named(spawn, handler, expected):
     code, rows, runner = run_conformance(spawn, lambda address: spawn(
-        "client", "-m", "client", "--server", address, "--app", f"test_kit_conformance:{handler}",
+        "client", "-m", "fedproto.client", "--server", address, "--app", f"test_kit_conformance:{handler}",
         env={"PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}))
     assert code == 1
     assert failing(rows) == set(expected), runner.log()

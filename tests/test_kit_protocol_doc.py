@@ -23,7 +23,7 @@ from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 from fedproto.codec import CodecError, bytes_to_ndarray, ndarray_to_bytes, scalar_from_proto, scalar_to_proto
 from fedproto.transport_pb2 import Scalar
 from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH, message_size_options
-from kit.make_vectors import DEFAULT_DIR, MANIFEST, tensor_from_json
+from fedproto.kit.make_vectors import DEFAULT_DIR, MANIFEST, tensor_from_json
 
 MANIFEST_DATA = json.loads((DEFAULT_DIR / MANIFEST).read_text(encoding="utf-8"))
 FIT_INS = next(v for v in MANIFEST_DATA["vectors"] if v["name"] == "server_fit_ins")

@@ -15,7 +15,7 @@ ROUNDS = 2
 FLWR_DEMO_CLIENT = """
 import sys
 from flwr.client import NumPyClient, start_client
-from client.demo import SoftmaxClient
+from fedproto.client.demo import SoftmaxClient
 
 class Demo(NumPyClient):
     def __init__(self, partition):
@@ -48,7 +48,7 @@ def listening(port: int) -> bool:
 
 def start_relay(spawn, upstream: str, jsonl: Path, *faults: str) -> tuple[str, Proc]:
     address = f"127.0.0.1:{free_port()}"
-    relay = spawn("relay", "-m", "kit.trace", "--listen", address, "--upstream", upstream,
+    relay = spawn("relay", "-m", "fedproto.kit.trace", "--listen", address, "--upstream", upstream,
                   "--jsonl", str(jsonl), *faults)
     wait_for(lambda: "relaying Join from" in relay.log(), "the relay to listen", relay)
     return address, relay
@@ -56,7 +56,7 @@ def start_relay(spawn, upstream: str, jsonl: Path, *faults: str) -> tuple[str, P
 
 def start_conformance(spawn) -> tuple[str, Proc]:
     address = f"127.0.0.1:{free_port()}"
-    runner = spawn("conformance", "-m", "kit.conformance", "--address", address, "--timeout", "20")
+    runner = spawn("conformance", "-m", "fedproto.kit.conformance", "--address", address, "--timeout", "20")
     wait_for(lambda: "waiting for a client" in runner.log(), "the conformance runner", runner)
     return address, runner
 
@@ -124,7 +124,7 @@ def test_our_client_through_the_relay_passes_every_conformance_check(spawn, tmp_
     upstream, runner = start_conformance(spawn)
     jsonl = tmp_path / "trace.jsonl"
     address, relay = start_relay(spawn, upstream, jsonl)
-    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    client = spawn("client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
     assert client.wait(timeout=60) == 0, client.log()
     assert runner.wait(timeout=60) == 0, runner.log()
     assert "all 16 checks passed" in runner.log()
@@ -147,7 +147,7 @@ def test_delay_holds_every_message_in_both_directions(spawn, tmp_path):
     upstream, runner = start_conformance(spawn)
     jsonl = tmp_path / "trace.jsonl"
     address, relay = start_relay(spawn, upstream, jsonl, "--delay-ms", "150")
-    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    client = spawn("client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
     assert client.wait(timeout=60) == 0, client.log()
     assert runner.wait(timeout=60) == 0, runner.log()
     # The runner times each exchange: instruction and reply are each held 150 ms.
@@ -166,7 +166,7 @@ def test_drop_after_cuts_the_stream_and_the_client_sees_it_end(spawn, tmp_path):
     upstream, runner = start_conformance(spawn)
     jsonl = tmp_path / "trace.jsonl"
     address, relay = start_relay(spawn, upstream, jsonl, "--drop-after", "2")
-    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    client = spawn("client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
     wait_for(lambda: "UNAVAILABLE: fedproto-trace dropped the stream after 2 messages; joining again"
              in client.log(), "the client to see the cut", client, also=(relay, runner))
     dropped = [r for r in records(jsonl) if r.get("event") == "dropped"]
@@ -179,7 +179,7 @@ def test_corrupt_rate_one_makes_the_client_report_a_named_decode_error(spawn, tm
     upstream, runner = start_conformance(spawn)
     jsonl = tmp_path / "trace.jsonl"
     address, relay = start_relay(spawn, upstream, jsonl, "--corrupt-rate", "1.0", "--seed", "7")
-    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    client = spawn("client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
     assert client.wait(timeout=30) == 1, client.log()  # EXIT_PROTOCOL_ERROR
     assert "protocol error, leaving: ServerMessage: not a valid protobuf message" in client.log()
     first = next(r for r in records(jsonl) if "direction" in r)

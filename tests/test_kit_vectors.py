@@ -11,7 +11,7 @@ from flwr import common as flwr_common
 from flwr.common import serde
 from flwr.proto import transport_pb2 as flwr_pb2
 
-from kit.make_vectors import DEFAULT_DIR, MANIFEST, scalar_from_json, tensor_from_json, write_vectors
+from fedproto.kit.make_vectors import DEFAULT_DIR, MANIFEST, scalar_from_json, tensor_from_json, write_vectors
 
 MANIFEST_DATA = json.loads((DEFAULT_DIR / MANIFEST).read_text(encoding="utf-8"))
 VECTORS = MANIFEST_DATA["vectors"]

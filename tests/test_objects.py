@@ -49,7 +49,7 @@ from fedproto.objects import (
     tree_object_ids,
 )
 from fedproto.wire import MAX_MESSAGE_LENGTH
-from kit.make_fleet_vectors import DEFAULT_DIR, MANIFEST, MODEL, build_vectors, write_vectors
+from fedproto.kit.make_fleet_vectors import DEFAULT_DIR, MANIFEST, MODEL, build_vectors, write_vectors
 
 VECTORS = {vector.name: vector for vector in build_vectors()}
 MANIFEST_DATA = json.loads((DEFAULT_DIR / MANIFEST).read_text(encoding="utf-8"))

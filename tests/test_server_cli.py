@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 
-from client.demo import SoftmaxClient
+from fedproto.client.demo import SoftmaxClient
 from conftest import ROOT, free_port
-from server import FedAvg, History, ServerResult, run_server
+from fedproto.server import FedAvg, History, ServerResult, run_server
 
 
 def wait_for_log(proc, text: str, timeout: float = 30) -> None:
@@ -23,7 +23,7 @@ def wait_for_log(proc, text: str, timeout: float = 30) -> None:
 
 
 def test_help_teaches_with_examples_and_exit_codes():
-    run = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "fedproto.server", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0
     for text in ("examples:", "fedproto-server --address 0.0.0.0:8080 --rounds 3 --min-clients 2",
@@ -32,26 +32,26 @@ def test_help_teaches_with_examples_and_exit_codes():
 
 
 def test_resume_needs_a_checkpoint_dir():
-    run = subprocess.run([sys.executable, "-m", "server", "--resume"], cwd=ROOT, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "fedproto.server", "--resume"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2 and "--resume needs --checkpoint-dir" in run.stderr
 
 
 def test_a_second_server_on_a_busy_port_fails_loudly_and_the_first_keeps_serving(spawn, tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    first = spawn("first", "-m", "server", "--address", address, "--rounds", "1", "--min-clients", "1")
+    first = spawn("first", "-m", "fedproto.server", "--address", address, "--rounds", "1", "--min-clients", "1")
     wait_for_log(first, "listening on")
-    second = spawn("second", "-m", "server", "--address", address, "--rounds", "1", "--min-clients", "1")
+    second = spawn("second", "-m", "fedproto.server", "--address", address, "--rounds", "1", "--min-clients", "1")
     assert second.wait(30) == 4
     assert f"cannot listen on {address}" in second.log()
-    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    client = spawn("client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
     assert first.wait(30) == 0, first.log()
     assert client.wait(30) == 0
     assert "round 1/1: fit 1 ok 0 failed | evaluate 1 ok 0 failed" in first.log()
 
 
 def test_wait_timeout_gives_up_with_exit_3(spawn):
-    server = spawn("server", "-m", "server", "--address", f"127.0.0.1:{free_port()}",
+    server = spawn("server", "-m", "fedproto.server", "--address", f"127.0.0.1:{free_port()}",
                    "--min-clients", "2", "--wait-timeout", "0.5")
     assert server.wait(30) == 3
     assert "0 of the 2 required clients connected within 0.5 s" in server.log()
@@ -76,7 +76,7 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
     thread = threading.Thread(target=lambda: outcome.append(
         run_server(address=address, strategy=strategy, rounds=2, wait_timeout=30, history_path=history_path)))
     thread.start()
-    client = spawn("client", "-m", "client", "--server", address, "--app", "client.demo:make_client")
+    client = spawn("client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
     thread.join(60)
     assert not thread.is_alive() and client.wait(30) == 0
     (result,) = outcome
@@ -95,17 +95,17 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
 
 
 def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn, tmp_path):
-    from server.checkpoint import load, save_npz
+    from fedproto.server.checkpoint import load, save_npz
     from fedproto.server_role import FitRes
-    from server.strategy import FedAdam
+    from fedproto.server.strategy import FedAdam
 
     address = f"127.0.0.1:{free_port()}"
     initial = SoftmaxClient().get_parameters({})
     save_npz(tmp_path / "w0.npz", initial)
-    server = spawn("server", "-m", "server", "--address", address, "--rounds", "2", "--min-clients", "2",
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "2", "--min-clients", "2",
                    "--strategy", "fedadam", "--server-learning-rate", "0.05",
                    "--initial-parameters", str(tmp_path / "w0.npz"), "--checkpoint-dir", str(tmp_path / "ckpt"))
-    clients = [spawn(f"client{p}", "-m", "client", "--server", address, "--app", "client.demo:make_client",
+    clients = [spawn(f"client{p}", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client",
                      env={"DEMO_PARTITION": str(p)}) for p in (0, 1)]
     assert server.wait(60) == 0, server.log()
     assert all(client.wait(30) == 0 for client in clients)
@@ -129,6 +129,6 @@ def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn
 def test_fedprox_needs_proximal_mu_and_fedadam_needs_a_start():
     for arguments, message in ((["--strategy", "fedprox"], "--strategy fedprox needs --proximal-mu"),
                                (["--strategy", "fedadam"], "--strategy fedadam needs --initial-parameters")):
-        run = subprocess.run([sys.executable, "-m", "server", *arguments], cwd=ROOT, capture_output=True,
+        run = subprocess.run([sys.executable, "-m", "fedproto.server", *arguments], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
         assert run.returncode == 2 and message in run.stderr

@@ -4,7 +4,7 @@ next to our edge client, over loopback; and a run that learns nothing says so wi
 Each client records what it received and sent (JSON lines), so the tests recompute FedAvg from
 the clients' own numbers and compare it with the server's checkpointed model (1e-9).
 
-The edge-client handlers below are loaded by ``python -m client`` in a subprocess
+The edge-client handlers below are loaded by ``python -m fedproto.client`` in a subprocess
 (``--app test_server_cpp_clients:...`` with tests/ on PYTHONPATH).
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 from conftest import ROOT, free_port
 from test_cpp_sdk_standin import TRAIN_SIZES, fedavg, records, start_standin, wait_until_listening
 
-from server.checkpoint import load_npz
-from server.history import History
+from fedproto.server.checkpoint import load_npz
+from fedproto.server.history import History
 
 TIMEOUT = 60
 EDGE_EXAMPLES = 300
@@ -65,7 +65,7 @@ class FailingFitClient(LineEdgeClient):
 
 
 def test_help_lists_the_tensor_formats_hosted_and_exit_code_5():
-    run = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "fedproto.server", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0
     text = " ".join(run.stdout.split())
@@ -77,7 +77,7 @@ def test_help_lists_the_tensor_formats_hosted_and_exit_code_5():
 
 def start_server(spawn, tmp_path: Path, *args: str):
     address = f"127.0.0.1:{free_port()}"
-    server = spawn("server", "-m", "server", "--address", address, "--round-timeout", "30",
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--round-timeout", "30",
                    "--wait-timeout", str(TIMEOUT), "--checkpoint-dir", str(tmp_path / "ckpt"),
                    "--history", str(tmp_path / "history.json"), *args)
     wait_until_listening(address, server)
@@ -85,7 +85,7 @@ def start_server(spawn, tmp_path: Path, *args: str):
 
 
 def start_edge(spawn, tmp_path: Path, address: str, handler: str):
-    return spawn("edge", "-m", "client", "--server", address, "--app", f"test_server_cpp_clients:{handler}",
+    return spawn("edge", "-m", "fedproto.client", "--server", address, "--app", f"test_server_cpp_clients:{handler}",
                  env={"PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}", "EDGE_RECORD": str(tmp_path / "edge.jsonl")})
 
 
@@ -219,9 +219,9 @@ class FormatClient:
 def run_in_process(clients: list[FormatClient], tensor_type: str | None = None):
     import asyncio
 
-    from server.client_manager import ClientManager
-    from server.loop import LoopConfig, run_rounds
-    from server.strategy import FedAvg
+    from fedproto.server.client_manager import ClientManager
+    from fedproto.server.loop import LoopConfig, run_rounds
+    from fedproto.server.strategy import FedAvg
 
     async def main():
         manager = ClientManager(seed=0)

@@ -1,7 +1,7 @@
 """Misbehaving clients: each is counted as a failure, left out of the average, and the server
 keeps serving everyone else.
 
-One run of ``python -m server`` with nine clients in round 1: two good edge clients, and one
+One run of ``python -m fedproto.server`` with nine clients in round 1: two good edge clients, and one
 each that returns NaN/Inf weights, raises in fit, is killed mid-fit, answers FitIns with an
 EvaluateRes, sends a pickled tensor, sends a truncated tensor, and never answers. Two fresh
 clients join while round 1 runs (replacing the killed and the timed-out one), so round 2
@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from client.demo import SoftmaxClient
+from fedproto.client.demo import SoftmaxClient
 from conftest import free_port
-from server.checkpoint import load_npz, save_npz
-from server.history import History
-from server.transport import CLIENT_SIDE_ENDED
+from fedproto.server.checkpoint import load_npz, save_npz
+from fedproto.server.history import History
+from fedproto.server.transport import CLIENT_SIDE_ENDED
 
 ROUND_TIMEOUT = 3
 ZEROS = [np.zeros((20, 4), np.float32), np.zeros(4, np.float32)]
@@ -44,14 +44,14 @@ def test_each_misbehaving_client_is_a_counted_failure_and_the_rounds_complete(sp
     port = free_port()
     address = f"127.0.0.1:{port}"
     save_npz(tmp_path / "initial.npz", ZEROS)
-    server = spawn("server", "-m", "server", "--address", address, "--rounds", "2",
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "2",
                    "--min-clients", "9", "--round-timeout", str(ROUND_TIMEOUT),
                    "--initial-parameters", str(tmp_path / "initial.npz"),
                    "--history", str(tmp_path / "history.json"),
                    "--checkpoint-dir", str(tmp_path / "checkpoints"))
 
     def edge(name, app, partition=0, **env):
-        return spawn(name, "-m", "client", "--server", address, "--app", app,
+        return spawn(name, "-m", "fedproto.client", "--server", address, "--app", app,
                      env={"DEMO_PARTITION": str(partition), **env})
 
     def raw(mode):
@@ -59,8 +59,8 @@ def test_each_misbehaving_client_is_a_counted_failure_and_the_rounds_complete(sp
 
     marker = tmp_path / "slow_fit_started"
     clients = [
-        edge("good0", "client.demo:make_client", 0),
-        edge("good1", "client.demo:make_client", 1),
+        edge("good0", "fedproto.client.demo:make_client", 0),
+        edge("good1", "fedproto.client.demo:make_client", 1),
         edge("nan", "tests.server_clients:NanClient"),
         edge("raising", "tests.server_clients:RaisingClient"),
         raw("wrong-type"), raw("pickled"), raw("truncated"), raw("silent"),
@@ -69,7 +69,7 @@ def test_each_misbehaving_client_is_a_counted_failure_and_the_rounds_complete(sp
                   SLOW_FIT_MARKER=str(marker), SLOW_FIT_SECONDS="120")
     wait_for_file(marker, 90)  # round 1 fit has reached it
     doomed.kill()
-    clients += [edge("late2", "client.demo:make_client", 2), edge("late3", "client.demo:make_client", 3)]
+    clients += [edge("late2", "fedproto.client.demo:make_client", 2), edge("late3", "fedproto.client.demo:make_client", 3)]
 
     assert server.wait(90) == 0, server.log()
     for client in clients:

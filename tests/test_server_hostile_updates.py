@@ -2,7 +2,7 @@
 (issue 9, item 2), rounds that run short of clients (item 3), and per-reply metric caps (item 5).
 
 The hostile clients are raw gRPC processes (tests/hostile_clients.py); the servers are
-``python -m server`` processes or ``run_server`` in this process when the test reads its log.
+``python -m fedproto.server`` processes or ``run_server`` in this process when the test reads its log.
 """
 
 from __future__ import annotations
@@ -25,24 +25,24 @@ from fedproto.server_role import (
 from fedproto.codec import ndarrays_to_parameters, scalars_to_proto
 from fedproto.text import DROPPED_METRICS_KEY, MAX_METRICS
 from fedproto.transport_pb2 import ClientMessage, Scalar
-from server.app import run_server
-from server.checkpoint import load_npz, save_npz
-from server.history import History
-from server.strategy import FedAdam, FedAvg, FedProx
+from fedproto.server.app import run_server
+from fedproto.server.checkpoint import load_npz, save_npz
+from fedproto.server.history import History
+from fedproto.server.strategy import FedAdam, FedAvg, FedProx
 from test_server_failures import ZEROS, fedavg_of_demo_partitions
 
 OK = {"code": 0, "message": "Success"}
 
 
 def edge(spawn, address, partition, name=None):
-    return spawn(name or f"good{partition}", "-m", "client", "--server", address,
-                 "--app", "client.demo:make_client", env={"DEMO_PARTITION": str(partition)})
+    return spawn(name or f"good{partition}", "-m", "fedproto.client", "--server", address,
+                 "--app", "fedproto.client.demo:make_client", env={"DEMO_PARTITION": str(partition)})
 
 
 def test_updates_of_another_dtype_are_refused_and_the_model_keeps_its_dtype(spawn, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     save_npz(tmp_path / "initial.npz", ZEROS)
-    server = spawn("server", "-m", "server", "--address", address, "--rounds", "2", "--min-clients", "5",
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "2", "--min-clients", "5",
                    "--round-timeout", "30", "--initial-parameters", str(tmp_path / "initial.npz"),
                    "--history", str(tmp_path / "history.json"), "--checkpoint-dir", str(tmp_path / "ckpt"))
     clients = [edge(spawn, address, 0), edge(spawn, address, 1)] + [
@@ -73,7 +73,7 @@ def test_updates_of_another_dtype_are_refused_and_the_model_keeps_its_dtype(spaw
 
 def test_no_usable_initial_model_from_any_client_ends_the_run_with_exit_3(spawn):
     address = f"127.0.0.1:{free_port()}"
-    server = spawn("server", "-m", "server", "--address", address, "--rounds", "1", "--min-clients", "2",
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "1", "--min-clients", "2",
                    "--round-timeout", "30")
     clients = [spawn(mode, "tests/hostile_clients.py", mode, "--server", address)
                for mode in ("empty-model", "bool-model")]
@@ -89,7 +89,7 @@ def test_no_usable_initial_model_from_any_client_ends_the_run_with_exit_3(spawn)
 
 def test_the_next_client_gives_the_initial_model_when_one_hands_out_an_unusable_one(spawn, tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    server = spawn("server", "-m", "server", "--address", address, "--rounds", "1", "--min-clients", "3",
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "1", "--min-clients", "3",
                    "--round-timeout", "30", "--checkpoint-dir", str(tmp_path / "ckpt"))
     clients = [edge(spawn, address, 0)] + [spawn(mode, "tests/hostile_clients.py", mode, "--server", address)
                                            for mode in ("empty-model", "bool-model")]

@@ -1,7 +1,7 @@
 """Our server against flwr's: the same clients must end up with the same global model.
 
 Everything runs as real processes over loopback gRPC: flwr's ``start_server`` (via
-examples/flwr_server.py), our ``python -m server``, flwr's ``start_client`` with a NumPyClient
+examples/flwr_server.py), our ``python -m fedproto.server``, flwr's ``start_client`` with a NumPyClient
 and our edge client, all training the demo softmax model on deterministic partitions.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from server.checkpoint import load_npz
-from server.history import History
+from fedproto.server.checkpoint import load_npz
+from fedproto.server.history import History
 
 ROUNDS = 3
 
@@ -29,7 +29,7 @@ def start_flwr_server(spawn, tmp_path, port: int, clients: int):
 
 def start_our_server(spawn, tmp_path, port: int, clients: int, *extra: str):
     checkpoints = tmp_path / "ours"
-    proc = spawn("our_server", "-m", "server", "--address", f"127.0.0.1:{port}",
+    proc = spawn("our_server", "-m", "fedproto.server", "--address", f"127.0.0.1:{port}",
                  "--rounds", str(ROUNDS), "--min-clients", str(clients),
                  "--history", str(tmp_path / "our_history.json"),
                  "--checkpoint-dir", str(checkpoints), *extra)
@@ -45,7 +45,7 @@ def start_clients(spawn, port: int, kinds: list[str], tag: str):
         if kind == "flwr":
             args = ("tests/server_clients.py", "flwr", "--server", address)
         else:
-            args = ("-m", "client", "--server", address, "--app", "client.demo:make_client")
+            args = ("-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client")
         procs.append(spawn(f"{tag}_{kind}_{partition}", *args, env=env))
     return procs
 
@@ -97,14 +97,14 @@ def test_edge_and_flwr_clients_mixed_in_one_round(spawn, tmp_path):
 
 def test_tls_edge_client_trains_and_an_untrusting_one_is_refused(spawn, tmp_path, tls_files):
     port = free_port()
-    server = spawn("tls_server", "-m", "server", "--address", f"localhost:{port}", "--rounds", "1",
+    server = spawn("tls_server", "-m", "fedproto.server", "--address", f"localhost:{port}", "--rounds", "1",
                    "--min-clients", "1", "--history", str(tmp_path / "history.json"),
                    "--certificates", str(tls_files.ca), str(tls_files.cert), str(tls_files.key))
-    stranger = spawn("stranger", "-m", "client", "--server", f"localhost:{port}",
-                     "--app", "client.demo:make_client", "--root-certificates", str(tls_files.other_ca))
+    stranger = spawn("stranger", "-m", "fedproto.client", "--server", f"localhost:{port}",
+                     "--app", "fedproto.client.demo:make_client", "--root-certificates", str(tls_files.other_ca))
     assert stranger.wait(60) == 4, stranger.log()  # EXIT_TLS_ERROR
-    trusted = spawn("trusted", "-m", "client", "--server", f"localhost:{port}",
-                    "--app", "client.demo:make_client", "--root-certificates", str(tls_files.ca))
+    trusted = spawn("trusted", "-m", "fedproto.client", "--server", f"localhost:{port}",
+                    "--app", "fedproto.client.demo:make_client", "--root-certificates", str(tls_files.ca))
     assert server.wait(60) == 0, server.log()
     assert trusted.wait(30) == 0, trusted.log()
     history = History.from_json((tmp_path / "history.json").read_text())

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 
-from client.demo import SoftmaxClient
+from fedproto.client.demo import SoftmaxClient
 from conftest import free_port
-from server.checkpoint import load_npz
-from server.history import History
+from fedproto.server.checkpoint import load_npz
+from fedproto.server.history import History
 
 ROUNDS = 4
 
@@ -44,11 +44,11 @@ def wait_for_round(history_path, server_round: int, timeout: float) -> History:
 def test_killed_server_resumes_from_the_last_round_and_loses_nothing(spawn, tmp_path):
     port = free_port()
     checkpoints = tmp_path / "checkpoints"
-    command = ("-m", "server", "--address", f"127.0.0.1:{port}", "--rounds", str(ROUNDS),
+    command = ("-m", "fedproto.server", "--address", f"127.0.0.1:{port}", "--rounds", str(ROUNDS),
                "--min-clients", "2", "--checkpoint-dir", str(checkpoints))
     first = spawn("server_first", *command)
     clients = [
-        spawn(f"client{p}", "-m", "client", "--server", f"127.0.0.1:{port}", "--retry-delay", "0.2",
+        spawn(f"client{p}", "-m", "fedproto.client", "--server", f"127.0.0.1:{port}", "--retry-delay", "0.2",
               "--app", "tests.server_clients:SlowClient",
               env={"DEMO_PARTITION": str(p), "SLOW_FIT_SECONDS": "0.5"})
         for p in (0, 1)

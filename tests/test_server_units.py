@@ -13,10 +13,10 @@ from flwr.common import FitRes, Status, Code, ndarrays_to_parameters
 from flwr.server.strategy.aggregate import aggregate, aggregate_inplace
 
 from fedproto.server_role import Failure, FailureKind, FitRes as OurFitRes
-from server import checkpoint
-from server.client_manager import ClientManager
-from server.history import History, RoundRecord
-from server.strategy import FedAvg, weighted_average, weighted_metrics_average
+from fedproto.server import checkpoint
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.history import History, RoundRecord
+from fedproto.server.strategy import FedAvg, weighted_average, weighted_metrics_average
 
 
 @dataclass
@@ -154,7 +154,7 @@ class ScriptedClient:
 def test_initial_parameters_come_from_the_next_client_when_one_fails(caplog):
     from fedproto.codec import ndarrays_to_parameters as to_parameters
     from fedproto.transport_pb2 import ClientMessage
-    from server.loop import LoopConfig, NoInitialParameters, _initial_parameters
+    from fedproto.server.loop import LoopConfig, NoInitialParameters, _initial_parameters
 
     refusal = ClientMessage(get_parameters_res={"status": {"code": 2, "message": "not implemented"}})
     wrong = ClientMessage(fit_res={})
@@ -190,7 +190,7 @@ def test_fedadam_follows_flwrs_fedadam_round_by_round():
     from flwr.server.strategy import FedAdam as FlwrFedAdam
     from flwr.common import parameters_to_ndarrays
 
-    from server.strategy import FedAdam
+    from fedproto.server.strategy import FedAdam
 
     initial = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
     theirs = FlwrFedAdam(initial_parameters=ndarrays_to_parameters(initial), eta=0.05, beta_1=0.8)
@@ -208,7 +208,7 @@ def test_fedadam_follows_flwrs_fedadam_round_by_round():
 
 
 def test_fedadam_resumed_from_a_checkpoint_continues_the_same_trajectory(tmp_path):
-    from server.strategy import FedAdam
+    from fedproto.server.strategy import FedAdam
 
     initial = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
 
@@ -240,7 +240,7 @@ def test_fedadam_resumed_from_a_checkpoint_continues_the_same_trajectory(tmp_pat
 
 
 def test_fedprox_adds_proximal_mu_to_the_fit_config():
-    from server.strategy import FedProx
+    from fedproto.server.strategy import FedProx
 
     manager = ClientManager()
     for index in range(3):

@@ -1,1 +1,1 @@
-"""The HAR job as a Flower app: python -m har --server superlink runs it with `flwr run`."""
+"""The HAR job as a Flower app: python -m fedproto.har --server superlink runs it with `flwr run`."""

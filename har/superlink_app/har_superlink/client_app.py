@@ -1,5 +1,5 @@
 """The HAR handler as a ClientApp, for flwr's own flower-supernode (fedproto's nodes serve the
-same handler directly: python -m client --superlink ... --app har.client_app:make_client).
+same handler directly: python -m fedproto.client --superlink ... --app fedproto.har.client_app:make_client).
 
 Set HAR_PARTITION_FILE (and HAR_HIDDEN_UNITS, HAR_SEED) in the SuperNode's environment.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from har.client_app import make_client
+from fedproto.har.client_app import make_client
 
 app = ClientApp()
 

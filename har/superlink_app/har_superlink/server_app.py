@@ -1,6 +1,6 @@
 """Message-API FedAvg for the HAR job, scoring the global model on the common test set each round.
 
-``python -m har --server superlink`` writes a job file (.npz) and passes its path as run config
+``python -m fedproto.har --server superlink`` writes a job file (.npz) and passes its path as run config
 ``job-file``: the initial weights, the test set, the settings (clients, rounds, training config,
 hidden units) and where to write the outcome. The outcome (``outcome.json`` next to the job file)
 holds, per round (0 = initial model), the centralized scores and each client's accuracy on its own
@@ -18,8 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from har import model as keras_model
-from har.metrics import score
+from fedproto.har import model as keras_model
+from fedproto.har.metrics import score
 
 app = ServerApp()
 
