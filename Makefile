@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up (venv, deps, stubs) and run the main job (HAR tutorial, default data)
+#   make run    set up (venv, deps, stubs) and run the main job (HAR, default data) on our server,
+#               flwr's start_server and flower-superlink, side by side
 #   make test   set up and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -24,7 +25,7 @@ test: proto
 	$(PY) -m pytest
 
 run: proto
-	$(PY) -m fedproto.har
+	$(PY) -m fedproto.har --server fedproto,flwr,superlink
 
 bench: proto
 	$(PY) -m fedproto.bench.run
