@@ -61,6 +61,9 @@ ALLOWED_DTYPE_KINDS = {
     "c": (8, 16),
 }
 MAX_DIMENSIONS = 32  # numpy 1.x's limit (2.x allows 64); no model tensor comes near it
+# magic + version + header length + numpy's largest accepted header (max_header_size=10,000
+# characters, up to 4 bytes each in a 3.0 header's UTF-8)
+NPY_HEADER_PREFIX = 6 + 2 + 4 + 4 * 10_000
 
 SINT64_MIN = -(2**63)
 SINT64_MAX = 2**63 - 1
@@ -124,33 +127,55 @@ def shape_refusal(shape: tuple[int, ...], itemsize: int) -> str | None:
     return None
 
 
-def ndarray_to_bytes(array: np.ndarray, field: str = "tensor") -> bytes:
-    """One ndarray -> the bytes of one .npy file (what flwr puts in Parameters.tensors)."""
+def npy_pieces(array: np.ndarray, field: str = "tensor") -> list:
+    """One ndarray -> the pieces of its .npy file, whose concatenation is what ``numpy.save`` writes.
+
+    ``[header, data]``: the header from numpy's own writer (``numpy.lib.format``; version 1.0, as
+    ``numpy.save`` picks for any shape of at most ``MAX_DIMENSIONS`` dimensions) and the data as a
+    flat uint8 view of the array's memory, no copy: a C-contiguous array as is, a Fortran-ordered
+    one through its ``.T`` (its header says ``fortran_order``), as ``numpy.save`` does. Only an
+    array that is neither (e.g. a strided slice) is copied, once, into C order.
+    """
     if not isinstance(array, np.ndarray):
         raise CodecError(field, f"expected a numpy.ndarray, got {type(array).__name__}")
     refusal = dtype_refusal(array.dtype) or shape_refusal(array.shape, array.dtype.itemsize)
     if refusal:
         raise CodecError(field, refusal)
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+    header = io.BytesIO()
+    NPY_FORMAT.write_array_header_1_0(header, NPY_FORMAT.header_data_from_array_1_0(array))
+    if array.flags.c_contiguous:
+        data = array
+    elif array.flags.f_contiguous:
+        data = array.T
+    else:
+        data = np.ascontiguousarray(array)
+    return [header.getvalue(), data.reshape(-1).view(np.uint8)]
 
 
-def read_npy_header(data: bytes, field: str = "tensor") -> NpyHeader:
-    """Check one .npy file without building its array; every refusal is a CodecError.
+def ndarray_to_bytes(array: np.ndarray, field: str = "tensor") -> bytes:
+    """One ndarray -> the bytes of one .npy file (what flwr puts in Parameters.tensors)."""
+    return b"".join(npy_pieces(array, field))
+
+
+def read_npy_header(data: bytes | memoryview, field: str = "tensor") -> NpyHeader:
+    """Check one .npy file (bytes or a view of them) without building its array or copying its data.
+
+    Every refusal is a CodecError. Only the first ``NPY_HEADER_PREFIX`` bytes are read as a
+    header: numpy refuses a longer header anyway (its ``max_header_size``).
 
     Checked in order: not an .npz archive, the magic, the format version, the header parse
     (whatever numpy raises on a crafted header becomes a CodecError), the dtype
     (:func:`dtype_refusal`), the shape (:func:`shape_refusal`), and that exactly the announced
     number of data bytes follows the header.
     """
-    if data.startswith(ZIP_MAGIC):  # what np.savez writes; np.load would accept it
+    prefix = bytes(memoryview(data)[:NPY_HEADER_PREFIX])
+    if prefix.startswith(ZIP_MAGIC):  # what np.savez writes; np.load would accept it
         raise CodecError(field, "expected one .npy array, got an .npz archive")
-    if not data.startswith(NPY_FORMAT.MAGIC_PREFIX):
+    if not prefix.startswith(NPY_FORMAT.MAGIC_PREFIX):
         raise CodecError(
-            field, f"not a .npy tensor (starts with {data[:6]!r}, expected {NPY_FORMAT.MAGIC_PREFIX!r})"
+            field, f"not a .npy tensor (starts with {prefix[:6]!r}, expected {NPY_FORMAT.MAGIC_PREFIX!r})"
         )
-    buffer = io.BytesIO(data)
+    buffer = io.BytesIO(prefix)
     try:
         version = NPY_FORMAT.read_magic(buffer)
         if version not in NPY_VERSIONS:
@@ -172,7 +197,7 @@ def read_npy_header(data: bytes, field: str = "tensor") -> NpyHeader:
     if any(size < 0 for size in shape):
         raise CodecError(field, f"bad .npy header (negative size in shape {shape})")
     expected = math.prod(shape) * dtype.itemsize  # a Python int: no overflow
-    available = len(data) - buffer.tell()
+    available = memoryview(data).nbytes - buffer.tell()
     if available < expected:
         raise CodecError(
             field, f"truncated .npy data: {dtype} {shape} needs {expected} bytes, got {available}"
@@ -185,24 +210,26 @@ def read_npy_header(data: bytes, field: str = "tensor") -> NpyHeader:
     return NpyHeader(dtype, shape, fortran_order, buffer.tell())
 
 
-def bytes_to_ndarray(data: bytes, field: str = "tensor") -> np.ndarray:
-    """The bytes of one .npy file -> ndarray.
+def bytes_to_ndarray(data: bytes | memoryview, field: str = "tensor") -> np.ndarray:
+    """The bytes of one .npy file (or a view of them) -> a read-only ndarray viewing them.
 
-    :func:`read_npy_header` checks everything before any array memory is allocated. The data
-    is then copied out of ``data`` with ``numpy.frombuffer`` instead of handing the bytes to
-    ``numpy.lib.format.read_array``, which would parse the header a second time (the parse
-    dominates for small tensors: see ``bench/codec.py``). The result equals ``numpy.load``'s:
-    dtype, shape, memory order, values, writable
+    :func:`read_npy_header` checks everything first. The array is then a view of ``data``'s
+    memory (``numpy.frombuffer``): no copy, and read-only, so writing into it raises ValueError
+    instead of changing the received message (``.copy()`` gives a writable array). Otherwise it
+    equals ``numpy.load``'s result: dtype, shape, memory order, values
     (``tests/test_codec.py::test_decoding_equals_numpy_load``).
     """
     header = read_npy_header(data, field)
     dtype, shape = header.dtype, header.shape
     try:
-        if math.prod(shape) == 0:  # no data to copy: numpy builds the empty array (rare, so parse again)
-            return NPY_FORMAT.read_array(io.BytesIO(data), allow_pickle=False)
-        order = "F" if header.fortran_order else "C"
-        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header.data_offset)
-        return flat.reshape(shape, order=order).copy(order=order)
+        if math.prod(shape) == 0:  # no data: numpy builds the empty array (strides as numpy.load's)
+            array = NPY_FORMAT.read_array(io.BytesIO(bytes(data)), allow_pickle=False)
+        else:
+            order = "F" if header.fortran_order else "C"
+            flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header.data_offset)
+            array = flat.reshape(shape, order=order)
+        array.flags.writeable = False  # also when ``data`` is a writable buffer
+        return array
     except Exception as error:  # the header was checked; this is a numpy limit we did not foresee
         raise CodecError(field, f"cannot build the array ({type(error).__name__}: {error})") from None
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,27 +54,39 @@ CPP_DOUBLE_DTYPE = np.dtype("<f8")  # the byte order is fixed here, not left to 
 
 Encoder = Callable[[np.ndarray, str], bytes]
 Decoder = Callable[[bytes, str, "np.ndarray | None"], np.ndarray]
+# array, field -> bytes-like pieces whose concatenation is what Encoder returns (views, not copies)
+PiecesEncoder = Callable[[np.ndarray, str], list]
 
 
 @dataclass(frozen=True)
 class TensorFormat:
-    """One way of putting a tensor into the bytes of ``Parameters.tensors``."""
+    """One way of putting a tensor into the bytes of ``Parameters.tensors``.
+
+    ``pieces`` (built-in formats) gives a tensor's bytes as pieces that view the array, so that
+    :mod:`fedproto.framing` copies them once, into the message; a format without it is encoded
+    with ``encode``. A built-in decoder also reads a memoryview of the received message in
+    place; a registered one gets ``bytes``.
+    """
 
     name: str
     encode: Encoder
     decode: Decoder
+    pieces: PiecesEncoder | None = None
+
+    def encode_pieces(self, array: np.ndarray, field: str) -> list:
+        return self.pieces(array, field) if self.pieces else [self.encode(array, field)]
 
 
 _FORMATS: dict[str, TensorFormat] = {}
 
 
-def register(name: str, encode: Encoder, decode: Decoder) -> TensorFormat:
+def register(name: str, encode: Encoder, decode: Decoder, pieces: PiecesEncoder | None = None) -> TensorFormat:
     """Add a format under ``name`` (the ``tensor_type`` its peers send). Names are unique."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a tensor format needs a non-empty str name, got {name!r}")
     if name in _FORMATS:
         raise ValueError(f"tensor format {name!r} is already registered")
-    tensor_format = TensorFormat(name, encode, decode)
+    tensor_format = TensorFormat(name, encode, decode, pieces)
     _FORMATS[name] = tensor_format
     return tensor_format
 
@@ -104,14 +117,17 @@ def get_format(tensor_type: str, field: str = "parameters") -> TensorFormat:
 # ---------------------------------------------------------------------------- parameters
 
 
-def encode_parameters(
-    arrays: Iterable[np.ndarray], tensor_type: str = NUMPY, field: str = "parameters",
-    *, out: Parameters | None = None,
-) -> Parameters:
-    """A list of ndarrays -> Parameters in format ``tensor_type``.
+class EncodedTensors(NamedTuple):
+    """The tensors of one Parameters, checked and ready to be written: per tensor, its pieces."""
 
-    With ``out`` (e.g. ``reply.fit_res.parameters``) the tensors are written straight into that
-    message. Every refusal is a CodecError naming the tensor.
+    tensor_type: str
+    tensors: list[list]
+
+
+def encode_tensors(arrays: Iterable[np.ndarray], tensor_type: str = NUMPY, field: str = "parameters") -> EncodedTensors:
+    """A list of ndarrays -> their bytes in format ``tensor_type``, as pieces (views where possible).
+
+    Every refusal is a CodecError naming the tensor, raised here, before anything is written.
     """
     tensor_format = get_format(tensor_type, field)
     if isinstance(arrays, np.ndarray):
@@ -120,36 +136,62 @@ def encode_parameters(
         items = list(arrays)
     except TypeError:
         raise codec.CodecError(field, f"expected a list of ndarrays, got {type(arrays).__name__}") from None
-    parameters = Parameters() if out is None else out
-    parameters.tensor_type = tensor_type
+    tensors = []
     for i, array in enumerate(items):
         tensor_field = f"{field}.tensors[{i}]"
         if not isinstance(array, np.ndarray):
             raise codec.CodecError(tensor_field, f"expected a numpy.ndarray, got {type(array).__name__}")
-        parameters.tensors.append(_call(tensor_format.encode, tensor_format.name, tensor_field, array, tensor_field))
+        tensors.append(_call(tensor_format.encode_pieces, tensor_format.name, tensor_field, array, tensor_field))
+    return EncodedTensors(tensor_type, tensors)
+
+
+def encode_parameters(
+    arrays: Iterable[np.ndarray], tensor_type: str = NUMPY, field: str = "parameters",
+    *, out: Parameters | None = None,
+) -> Parameters:
+    """A list of ndarrays -> Parameters in format ``tensor_type``.
+
+    With ``out`` (e.g. ``reply.fit_res.parameters``) the tensors are written straight into that
+    message. Every refusal is a CodecError naming the tensor. (To get a message's wire bytes,
+    :func:`fedproto.framing.frame` writes the tensors with one copy fewer.)
+    """
+    encoded = encode_tensors(arrays, tensor_type, field)
+    parameters = Parameters() if out is None else out
+    parameters.tensor_type = tensor_type
+    parameters.tensors.extend(b"".join(pieces) for pieces in encoded.tensors)
     return parameters
 
 
 def decode_parameters(
     parameters: Parameters, field: str = "parameters", like: Sequence[np.ndarray] | None = None
 ) -> list[np.ndarray]:
-    """Parameters -> list of ndarrays, in the format its ``tensor_type`` names.
+    """Parameters -> list of ndarrays, in the format its ``tensor_type`` names (:func:`decode_tensors`)."""
+    return decode_tensors(parameters.tensors, parameters.tensor_type, field, like)
+
+
+def decode_tensors(
+    tensors: Sequence[bytes | memoryview], tensor_type: str, field: str = "parameters",
+    like: Sequence[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """The entries of ``Parameters.tensors`` (bytes, or views of a received message) -> ndarrays.
 
     ``like`` is the global model: its i-th array gives a shapeless format the shape and dtype of
-    tensor i, so it must then have exactly as many arrays as there are tensors. An empty
-    Parameters() (no tensors, whatever its tensor_type) is an empty list, as in the codec.
+    tensor i, so it must then have exactly as many arrays as there are tensors. No tensors
+    (whatever the tensor_type) is an empty list, as in the codec. A .npy tensor decodes to a
+    read-only view of its bytes (:func:`fedproto.codec.bytes_to_ndarray`); cpp_double to a new array.
     """
-    if not parameters.tensors:
+    if not tensors:
         return []
-    tensor_format = get_format(parameters.tensor_type, field)
-    if like is not None and len(like) != len(parameters.tensors):
-        raise codec.CodecError(
-            f"{field}.tensors", f"{len(parameters.tensors)} tensors, the global model has {len(like)}"
-        )
+    tensor_format = get_format(tensor_type, field)
+    if like is not None and len(like) != len(tensors):
+        raise codec.CodecError(f"{field}.tensors", f"{len(tensors)} tensors, the global model has {len(like)}")
+    built_in = tensor_format.name in (NUMPY, CPP_DOUBLE)
     arrays = []
-    for i, data in enumerate(parameters.tensors):
+    for i, data in enumerate(tensors):
         tensor_field = f"{field}.tensors[{i}]"
         reference = None if like is None else like[i]
+        if not built_in and not isinstance(data, bytes):
+            data = bytes(data)  # a registered decoder is promised bytes
         array = _call(tensor_format.decode, tensor_format.name, tensor_field, data, tensor_field, reference)
         arrays.append(_checked(array, tensor_format.name, tensor_field))
     return arrays
@@ -182,7 +224,11 @@ def _encode_npy(array: np.ndarray, field: str) -> bytes:
     return codec.ndarray_to_bytes(array, field)
 
 
-def _decode_npy(data: bytes, field: str, like: np.ndarray | None) -> np.ndarray:
+def _npy_pieces(array: np.ndarray, field: str) -> list:
+    return codec.npy_pieces(array, field)
+
+
+def _decode_npy(data: bytes | memoryview, field: str, like: np.ndarray | None) -> np.ndarray:
     # A .npy tensor describes itself; comparing it with the global model is the server's check.
     return codec.bytes_to_ndarray(data, field)
 
@@ -199,7 +245,17 @@ def _encode_cpp_double(array: np.ndarray, field: str) -> bytes:
         return array.astype(CPP_DOUBLE_DTYPE).tobytes(order="C")
 
 
-def _decode_cpp_double(data: bytes, field: str, like: np.ndarray | None) -> np.ndarray:
+def _cpp_double_pieces(array: np.ndarray, field: str) -> list:
+    """A little-endian float64 C-contiguous array is written as is; any other is converted (one copy)."""
+    if array.dtype == CPP_DOUBLE_DTYPE and array.flags.c_contiguous:
+        if array.size * CPP_DOUBLE_DTYPE.itemsize > MAX_MESSAGE_LENGTH:
+            raise codec.CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
+        return [array.reshape(-1).view(np.uint8)]
+    return [_encode_cpp_double(array, field)]
+
+
+def _decode_cpp_double(data: bytes | memoryview, field: str, like: np.ndarray | None) -> np.ndarray:
+    data = memoryview(data).cast("B")
     if len(data) > MAX_MESSAGE_LENGTH:
         raise codec.CodecError(field, f"{len(data)} bytes are over the {MAX_MESSAGE_LENGTH}-byte message limit")
     if len(data) % CPP_DOUBLE_DTYPE.itemsize:
@@ -220,5 +276,5 @@ def _decode_cpp_double(data: bytes, field: str, like: np.ndarray | None) -> np.n
         return flat.astype(like.dtype).reshape(like.shape)
 
 
-register(NUMPY, _encode_npy, _decode_npy)
-register(CPP_DOUBLE, _encode_cpp_double, _decode_cpp_double)
+register(NUMPY, _encode_npy, _decode_npy, _npy_pieces)
+register(CPP_DOUBLE, _encode_cpp_double, _decode_cpp_double, _cpp_double_pieces)

@@ -220,7 +220,7 @@ def test_tensor_round_trip_keeps_dtype_shape_and_byte_order(name):
     assert back.shape == array.shape
     assert back.flags.f_contiguous == array.flags.f_contiguous
     assert back.flags.c_contiguous == array.flags.c_contiguous
-    assert back.flags.writeable  # handlers may train in place, as with flwr
+    assert not back.flags.writeable  # a view of the received bytes (the edge client's handler gets a copy)
     np.testing.assert_array_equal(back, array)
 
 
@@ -240,7 +240,11 @@ DECODE_CASES = {
 
 @pytest.mark.parametrize("name", list(DECODE_CASES))
 def test_decoding_equals_numpy_load(name):
-    """bytes_to_ndarray copies the data with frombuffer; numpy.load (flwr's decoder) is the reference."""
+    """bytes_to_ndarray views the data with frombuffer; numpy.load (flwr's decoder) is the reference.
+
+    One difference, on purpose: ours is a read-only view of the message's bytes (no copy), where
+    numpy.load's is a writable copy. Everything else is equal.
+    """
     data = npy(DECODE_CASES[name])
     ours, reference = bytes_to_ndarray(data), np.load(io.BytesIO(data), allow_pickle=False)
     assert ours.dtype == reference.dtype and ours.dtype.str == reference.dtype.str
@@ -248,8 +252,11 @@ def test_decoding_equals_numpy_load(name):
     assert ours.strides == reference.strides
     assert (ours.flags.c_contiguous, ours.flags.f_contiguous) == (
         reference.flags.c_contiguous, reference.flags.f_contiguous)
-    assert ours.flags.writeable
-    assert not np.shares_memory(ours, np.frombuffer(data, np.uint8))  # a copy, not a view of the message
+    assert not ours.flags.writeable and reference.flags.writeable
+    if ours.size:
+        assert np.shares_memory(ours, np.frombuffer(data, np.uint8))  # a view of the message, not a copy
+        with pytest.raises(ValueError, match="read-only"):
+            ours[(0,) * ours.ndim] = 0
     assert ours.tobytes(order="A") == reference.tobytes(order="A")
     assert ndarray_to_bytes(ours) == data  # and it encodes back to the very same bytes
 

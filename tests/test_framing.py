@@ -1,0 +1,135 @@
+"""fedproto.framing: the one-pass writer is byte-identical to protobuf, the in-place reader equal to its parse.
+
+The reference is built the old way, without fedproto's encoders: each .npy tensor by
+``numpy.save``, each cpp_double tensor by ``astype("<f8").tobytes()``, the message by protobuf
+(``SerializeToString()``). Arrays: every allowed dtype in both byte orders, 0-d to 4-d, empty,
+C order, Fortran order and strided (non-contiguous) views. Scalar maps: every kind.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fedproto import framing
+from fedproto.codec import ALLOWED_DTYPE_KINDS, scalars_to_proto
+from fedproto.tensor_formats import CPP_DOUBLE, NUMPY, decode_tensors, encode_tensors
+from fedproto.transport_pb2 import ClientMessage, Parameters, ServerMessage, Status
+
+EXAMPLES = settings(max_examples=300, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+ALLOWED_DTYPES = [np.dtype(f"{order}{kind}{size}")
+                  for kind, sizes in ALLOWED_DTYPE_KINDS.items() for size in sizes for order in "<>"]
+FLOAT_DTYPES = [dtype for dtype in ALLOWED_DTYPES if dtype.kind == "f"]
+KINDS = [(ServerMessage, "fit_ins"), (ServerMessage, "evaluate_ins"),
+         (ClientMessage, "fit_res"), (ClientMessage, "get_parameters_res")]
+
+
+@st.composite
+def arrays(draw, dtypes=ALLOWED_DTYPES) -> np.ndarray:
+    dtype = draw(st.sampled_from(dtypes))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
+    count = int(np.prod(shape))
+    if dtype.kind == "b":
+        raw = bytes(draw(st.lists(st.integers(0, 1), min_size=count, max_size=count)))
+    else:
+        raw = draw(st.binary(min_size=count * dtype.itemsize, max_size=count * dtype.itemsize))
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    layout = draw(st.sampled_from(["C", "F", "strided"]))
+    if layout == "F":
+        return np.asfortranarray(array)
+    if layout == "strided" and array.ndim:
+        return np.repeat(array, 2, axis=-1)[..., ::2]  # same values, not contiguous
+    return array.copy()
+
+
+scalar_values = st.one_of(
+    st.booleans(), st.binary(max_size=8), st.floats(allow_nan=False), st.text(max_size=8),
+    st.integers(-(2**63), 2**64 - 1),
+)
+scalar_maps = st.dictionaries(st.text(max_size=6), scalar_values, max_size=5)
+
+
+def reference_tensor(array: np.ndarray, tensor_type: str) -> bytes:
+    if tensor_type == NUMPY:
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    return array.astype("<f8").tobytes(order="C")
+
+
+def build(outer: type, kind: str, scalars: dict, status: tuple[int, str], num_examples: int,
+          parameters: Parameters | None) -> ClientMessage | ServerMessage:
+    """One message of ``kind`` with every small field set (parameters only if given)."""
+    body = getattr(outer, outer.DESCRIPTOR.fields_by_name[kind].message_type.name)()
+    if kind in ("fit_ins", "evaluate_ins"):
+        for key, value in scalars_to_proto(scalars).items():
+            body.config[key].CopyFrom(value)
+    else:
+        body.status.CopyFrom(Status(code=status[0], message=status[1]))
+    if kind == "fit_res":
+        body.num_examples = num_examples
+        for key, value in scalars_to_proto(scalars).items():
+            body.metrics[key].CopyFrom(value)
+    if parameters is not None:
+        body.parameters.CopyFrom(parameters)
+    return outer(**{kind: body})
+
+
+@EXAMPLES
+@given(kind=st.sampled_from(KINDS), tensor_type=st.sampled_from([NUMPY, CPP_DOUBLE]), data=st.data(),
+       scalars=scalar_maps, status=st.tuples(st.integers(0, 4), st.text(max_size=10)),
+       num_examples=st.integers(-(2**63), 2**63 - 1))
+def test_frame_is_byte_identical_to_serialize_to_string(kind, tensor_type, data, scalars, status, num_examples):
+    outer, name = kind
+    tensors = data.draw(st.lists(arrays(FLOAT_DTYPES if tensor_type == CPP_DOUBLE else ALLOWED_DTYPES),
+                                 max_size=4))
+    reference = build(outer, name, scalars, status, num_examples,
+                      Parameters(tensors=[reference_tensor(a, tensor_type) for a in tensors],
+                                 tensor_type=tensor_type))
+    ours = framing.frame(build(outer, name, scalars, status, num_examples, None),
+                         encode_tensors(tensors, tensor_type))
+    assert ours == reference.SerializeToString()
+
+
+@EXAMPLES
+@given(kind=st.sampled_from(KINDS), tensors=st.lists(arrays(), max_size=4), scalars=scalar_maps,
+       status=st.tuples(st.integers(0, 4), st.text(max_size=10)), num_examples=st.integers(0, 2**40))
+def test_split_tensors_gives_protobufs_parse_without_copying_the_tensors(kind, tensors, scalars, status,
+                                                                         num_examples):
+    outer, name = kind
+    data = build(outer, name, scalars, status, num_examples,
+                 Parameters(tensors=[reference_tensor(a, NUMPY) for a in tensors], tensor_type=NUMPY)
+                 ).SerializeToString()
+    skeleton, views = framing.split_tensors(data, outer)
+    full = outer.FromString(data)
+    assert [bytes(view) for view in views] == list(getattr(full, name).parameters.tensors)
+    assert all(view.obj is data for view in views)  # views of the received bytes, not copies
+    getattr(full, name).parameters.ClearField("tensors")
+    assert outer.FromString(skeleton) == full
+    decoded = decode_tensors(views, NUMPY)
+    assert [a.tobytes(order="A") for a in decoded] == [np.asarray(a).tobytes(order="A") for a in tensors]
+
+
+def test_split_tensors_leaves_other_layouts_to_protobuf():
+    fit_ins = ServerMessage(fit_ins=ServerMessage.FitIns(parameters=Parameters(tensors=[b"x"], tensor_type=NUMPY)))
+    data = fit_ins.SerializeToString()
+    assert framing.split_tensors(data, ServerMessage) is not None
+    assert framing.split_tensors(data + data, ServerMessage) is None  # the oneof twice: protobuf merges
+    assert framing.split_tensors(data[:-1], ServerMessage) is None  # truncated
+    assert framing.split_tensors(b"", ServerMessage) is None
+    reconnect = ServerMessage(reconnect_ins=ServerMessage.ReconnectIns(seconds=3)).SerializeToString()
+    assert framing.split_tensors(reconnect, ServerMessage) is None  # carries no Parameters
+    group = b"\x22\x02\x0b\x0c"  # fit_ins whose body is a (start, end) group pair
+    assert framing.split_tensors(group, ServerMessage) is None
+
+
+def test_varint_is_protobufs_length_prefix():
+    for size in (0, 1, 127, 128, 300, 16_383, 16_384, 2**21 + 5):
+        serialized = Parameters(tensors=[b"\0" * size]).SerializeToString()
+        assert serialized == framing.TENSOR_TAG + framing.varint(size) + b"\0" * size
