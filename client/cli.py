@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--superlink", type=server_address, metavar="HOST:PORT",
                         help="flower-superlink's Fleet API, e.g. 127.0.0.1:8000, its default (needs pip install 'fedproto[fleet]')")
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR",
-                        help="handler instance, class or zero-argument factory, e.g. client.demo:make_client")
+                        help="handler instance, class or zero-argument factory, e.g. fedproto.client.demo:make_client")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
                         help="CA bundle that signed the server's certificate; enables TLS (https / secure channel)")
     parser.add_argument("--max-message-length", type=positive_int, default=MAX_MESSAGE_LENGTH, metavar="BYTES",

@@ -3,7 +3,7 @@
 Sans-IO: bytes and protobuf messages in, bytes and protobuf messages out. The node's transport
 pulls and pushes the objects; this module only builds and checks them.
 
-The format (docs/fleet-objects.md has it byte by byte, each claim tied to a test or vector):
+The format (docs/PROTOCOL.md §16 has it byte by byte, each claim tied to a test or vector):
 
 - An **object** is ``b"<TypeName> <child ids joined by ','> <len(body)>" + b"\\x00" + body``;
   its **id** is ``sha256(object).hexdigest()`` (64 lowercase hex digits).

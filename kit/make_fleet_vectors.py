@@ -248,7 +248,7 @@ def write_vectors(directory: Path) -> dict[str, Any]:
         })
     manifest = {
         "generator": "python -m fedproto.kit.make_fleet_vectors",
-        "format": "docs/fleet-objects.md; object = b'<TypeName> <child ids joined by ,> <len(body)>' + b'\\x00' + body, "
+        "format": "docs/PROTOCOL.md §16; object = b'<TypeName> <child ids joined by ,> <len(body)>' + b'\\x00' + body, "
                   "id = sha256(object).hexdigest()",
         "chunk_size": CHUNK_SIZE,
         "conventions": {
