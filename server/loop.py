@@ -3,11 +3,16 @@
 One round, as flwr's ``Server.fit`` does it:
 
 1. ``strategy.configure_fit`` picks clients and their FitIns; they are sent concurrently.
-2. Every reply is decoded and checked (``fedproto.server_role``) before the strategy sees it. A reply counts as a
-   result only if it is a FitRes with status OK, its tensors are plain .npy, finite and shaped
-   like the global model. Anything else is a :class:`~fedproto.server_role.Failure` saying why.
-3. ``strategy.aggregate_fit`` turns the results into the new global parameters.
-4. ``strategy.evaluate`` (centralized, on the server), then configure/send/aggregate evaluate.
+2. Every reply is decoded and checked (``fedproto.server_role``) as soon as it arrives, before
+   the strategy sees it. A reply counts as a result only if it is a FitRes with status OK, its
+   tensors decode, are finite and shaped like the global model. Anything else is a
+   :class:`~fedproto.server_role.Failure` saying why, and reaches no strategy.
+3. Each result is folded into the round's aggregator (``strategy.begin_fit``) as it arrives and
+   then dropped, so the server holds the running aggregate, not the N results; once every
+   client has answered (or failed), ``finish`` gives the new global parameters. Decoding and
+   folding run on the event loop, one reply at a time, in the order the replies arrive.
+4. ``strategy.evaluate`` (centralized, on the server), then configure/send/aggregate evaluate
+   the same way (``strategy.begin_evaluate``).
 5. The round goes into the History; with a checkpoint directory, parameters + History are saved.
 
 Before the first round the parameters come from ``strategy.initialize_parameters`` or, if it
@@ -146,12 +151,7 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
     started, first_round = time.perf_counter(), history.last_round + 1
     for server_round in range(first_round, config.rounds + 1):
         parameters = await _run_round(strategy, clients, config, server_round, parameters, history, formats)
-        # Off the event loop: fsyncing a large model must not stall the streams.
-        if config.checkpoint_dir is not None:
-            await asyncio.to_thread(checkpoint.save, config.checkpoint_dir, server_round, parameters,
-                                    history, strategy.state())
-        if config.history_path is not None:
-            await asyncio.to_thread(_write_history, config.history_path, history)
+        await _save_round(config, server_round, parameters, history, strategy)
     if config.history_path is not None:  # also when a resumed run had no round left to run
         _write_history(config.history_path, history)
     log.info("finished: %d/%d rounds complete, %d run now in %.2f s", history.last_round, config.rounds,
@@ -164,6 +164,16 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
                     "the final model is the initial one", len(history.rounds), len(failures),
                     ", ".join(kinds) or "no client was asked to fit")
     return result
+
+
+async def _save_round(config: LoopConfig, server_round: int, parameters: NDArrays, history: History,
+                      strategy: Strategy) -> None:
+    # Off the event loop: fsyncing a large model must not stall the streams.
+    if config.checkpoint_dir is not None:
+        await asyncio.to_thread(checkpoint.save, config.checkpoint_dir, server_round, parameters,
+                                history, strategy.state())
+    if config.history_path is not None:
+        await asyncio.to_thread(_write_history, config.history_path, history)
 
 
 async def disconnect_all(clients: ClientManager) -> None:
@@ -196,14 +206,16 @@ async def _run_round(
     instructions = strategy.configure_fit(server_round, parameters, clients)
     asked.update(client.cid for client, _ in instructions)
     if instructions:
-        replies = await _send_all(instructions, encode_fit_ins, config.round_timeout, formats)
-        results, failures = _sort_replies(
-            server_round, "fit", instructions, replies, lambda reply: decode_fit_res(reply, parameters), formats)
-        record.fit_ok, record.fit_failures = len(results), failures
-        aggregated, metrics = await asyncio.to_thread(strategy.aggregate_fit, server_round, results, failures)
+        model = parameters  # the model every FitRes of this round answers
+        fit = strategy.begin_fit(server_round, model)
+        exchange = Exchange(server_round, "fit", formats)
+        await exchange.run(instructions, encode_fit_ins, config.round_timeout,
+                           lambda client, reply: fit.fold(client, decode_fit_res(reply, model)))
+        record.fit_ok, record.fit_failures = len(exchange.succeeded), exchange.failures
+        aggregated, metrics = await asyncio.to_thread(fit.finish, exchange.failures)
         if aggregated is not None:
             parameters = aggregated
-            record.fit_clients = [client.cid for client, _ in results]
+            record.fit_clients = exchange.succeeded
         history.add_metrics_distributed_fit(server_round, metrics)
     else:
         log.info("round %d: no clients selected for fit, keeping the parameters", server_round)
@@ -215,16 +227,16 @@ async def _run_round(
     instructions = strategy.configure_evaluate(server_round, parameters, clients)
     asked.update(client.cid for client, _ in instructions)
     if instructions:
-        replies = await _send_all(instructions, encode_evaluate_ins, config.round_timeout, formats)
-        results, failures = _sort_replies(
-            server_round, "evaluate", instructions, replies, decode_evaluate_res, formats)
-        record.evaluate_ok, record.evaluate_failures = len(results), failures
-        distributed_loss, metrics = await asyncio.to_thread(
-            strategy.aggregate_evaluate, server_round, results, failures)
+        evaluation = strategy.begin_evaluate(server_round)
+        exchange = Exchange(server_round, "evaluate", formats)
+        await exchange.run(instructions, encode_evaluate_ins, config.round_timeout,
+                           lambda client, reply: evaluation.fold(client, decode_evaluate_res(reply)))
+        record.evaluate_ok, record.evaluate_failures = len(exchange.succeeded), exchange.failures
+        distributed_loss, metrics = await asyncio.to_thread(evaluation.finish, exchange.failures)
         if distributed_loss is not None:
             history.add_loss_distributed(server_round, distributed_loss)
             history.add_metrics_distributed(server_round, metrics)
-            record.evaluate_clients = [client.cid for client, _ in results]
+            record.evaluate_clients = exchange.succeeded
 
     record.seconds = time.perf_counter() - started
     history.rounds.append(record)
@@ -307,44 +319,51 @@ async def _evaluate_centralized(
     return loss
 
 
-async def _send_all(
-    instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
-    timeout: float | None, formats: ClientFormats,
-) -> list[ClientMessage | ReplyError]:
-    """Send every instruction at once, each in its client's tensor format; each reply or its ReplyError."""
-    # Strategies usually give every client the same Ins object: encode it once per format.
-    encoded: dict[tuple[int, str], bytes] = {}
-    for client, ins in instructions:
-        key = (id(ins), formats.of(client.cid))
-        if key not in encoded:
-            encoded[key] = encode(ins, key[1])
+class Exchange:
+    """One step of a round: send every instruction at once, settle each reply as it arrives.
 
-    async def ask(client: ClientProxy, ins: FitIns | EvaluateIns) -> ClientMessage | ReplyError:
-        try:
-            return await client.request(encoded[id(ins), formats.of(client.cid)], timeout)
-        except ReplyError as error:
-            return error
+    ``settle(client, reply)`` decodes and checks a reply and folds it into the step's aggregator;
+    it raises :class:`ReplyError` for a reply that does not count, which then touched nothing.
+    Afterwards ``succeeded`` holds the ids of the clients whose reply counted and ``failures``
+    the others, both in the order the instructions were given.
+    """
 
-    return await asyncio.gather(*(ask(client, ins) for client, ins in instructions))
+    def __init__(self, server_round: int, step: str, formats: ClientFormats) -> None:
+        self.server_round = server_round
+        self.step = step
+        self.formats = formats
+        self.succeeded: list[str] = []
+        self.failures: list[Failure] = []
 
+    async def run(
+        self, instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
+        timeout: float | None, settle: Callable[[Any, ClientMessage], None],
+    ) -> None:
+        # Strategies usually give every client the same Ins object: encode it once per format.
+        encoded: dict[tuple[int, str], bytes] = {}
+        for client, ins in instructions:
+            key = (id(ins), self.formats.of(client.cid))
+            if key not in encoded:
+                encoded[key] = encode(ins, key[1])
+        outcomes: list[Failure | None] = [None] * len(instructions)
 
-def _sort_replies(server_round: int, step: str, instructions: list, replies: list, decode,
-                  formats: ClientFormats) -> tuple:
-    """Split replies into (client, Res) results and Failures, logging each failure."""
-    results, failures = [], []
-    for (client, _), reply in zip(instructions, replies, strict=True):
-        error = reply if isinstance(reply, ReplyError) else None
-        if error is None:
+        async def ask(index: int, client: ClientProxy, ins: FitIns | EvaluateIns) -> None:
             try:
-                results.append((client, decode(reply)))
-                formats.learn(client.cid, reply)
-                continue
-            except ReplyError as decode_error:
-                error = decode_error
-        log.warning("round %d %s: client %s failed: %s: %s",
-                    server_round, step, client.cid, error.kind.value, error.reason)
-        failures.append(Failure(client.cid, error.kind, error.reason))
-    return results, failures
+                reply = await client.request(encoded[id(ins), self.formats.of(client.cid)], timeout)
+                settle(client, reply)  # no await between arriving and folding: nothing piles up
+            except ReplyError as error:
+                log.warning("round %d %s: client %s failed: %s: %s",
+                            self.server_round, self.step, client.cid, error.kind.value, error.reason)
+                outcomes[index] = Failure(client.cid, error.kind, error.reason)
+                return
+            self.formats.learn(client.cid, reply)
+
+        await asyncio.gather(*(ask(index, client, ins) for index, (client, ins) in enumerate(instructions)))
+        for (client, _), failure in zip(instructions, outcomes, strict=True):
+            if failure is None:
+                self.succeeded.append(client.cid)
+            else:
+                self.failures.append(failure)
 
 
 def _write_history(path: Path, history: History) -> None:

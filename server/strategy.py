@@ -3,6 +3,18 @@
 :class:`Strategy` mirrors flwr's ``flwr.server.strategy.Strategy`` method for method, but on
 NumPy arrays: parameters are ``list[np.ndarray]``, configs and metrics are dicts, and failures
 are :class:`~fedproto.server_role.Failure` records. :class:`FedAvg` is flwr's FedAvg.
+
+Results are aggregated as they arrive. Each step of a round has an aggregator:
+``begin_fit(round, parameters)`` returns a :class:`FitAggregator`; the loop calls its ``fold``
+with each checked FitRes as soon as that client's reply is decoded, drops the result, and after
+the last reply calls ``finish(failures)`` once. FedAvg's aggregator keeps only a running
+float64 sum per tensor (:class:`WeightedSum`), so a round holds O(1) models whatever the number
+of clients. Evaluate likewise (``begin_evaluate``: a running weighted loss).
+
+flwr's all-at-once methods, ``aggregate_fit`` and ``aggregate_evaluate``, are still there: a
+strategy written that way (only those methods, or a FedAvg subclass that overrides one of
+them) gets a collecting aggregator that hands it the whole list of the round, as flwr does.
+That works, and holds every result of the round in memory until the list is complete.
 """
 
 from __future__ import annotations
@@ -10,10 +22,21 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from fedproto.server_role import Config, EvaluateIns, EvaluateRes, Failure, FitIns, FitRes, Metrics, NDArrays
+from fedproto.server_role import (
+    Config,
+    EvaluateIns,
+    EvaluateRes,
+    Failure,
+    FitIns,
+    FitRes,
+    Metrics,
+    NDArrays,
+    check_update,
+)
 from fedproto.server.client_manager import Client, ClientManager
 
 log = logging.getLogger("fedproto.server")
@@ -21,12 +44,82 @@ log = logging.getLogger("fedproto.server")
 MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]
 EvaluateFn = Callable[[int, NDArrays, Config], "tuple[float, Metrics] | None"]
 
+# Elements per step of the running sum: a tensor is folded in slices through one float64
+# scratch buffer of this many elements (512 KiB, cache-sized), so folding a 40 MB update
+# allocates nothing of its size.
+FOLD_CHUNK = 1 << 16
+
+
+class FitAggregator(ABC):
+    """One round's fit results, taken one at a time as they arrive, then finished once."""
+
+    @abstractmethod
+    def fold(self, client: Client, res: FitRes) -> None:
+        """Take one client's checked result; the caller drops it afterwards.
+
+        May raise :class:`~fedproto.server_role.ReplyError` to refuse it (it then counts as
+        that client's failure and has changed nothing).
+        """
+
+    @abstractmethod
+    def finish(self, failures: list[Failure]) -> tuple[NDArrays | None, Metrics]:
+        """New global parameters (None keeps the old ones) and metrics, after the last fold."""
+
+
+class EvaluateAggregator(ABC):
+    """One round's evaluate results, taken one at a time as they arrive, then finished once."""
+
+    @abstractmethod
+    def fold(self, client: Client, res: EvaluateRes) -> None:
+        """Take one client's checked result."""
+
+    @abstractmethod
+    def finish(self, failures: list[Failure]) -> tuple[float | None, Metrics]:
+        """One loss (None: no loss this round) and metrics, after the last fold."""
+
+
+class CollectedFit(FitAggregator):
+    """Keeps every result and hands the round's list to ``aggregate_fit`` (flwr's way).
+
+    Holds all of the round's results in memory until ``finish``.
+    """
+
+    def __init__(self, aggregate_fit: Callable, server_round: int) -> None:
+        self.aggregate_fit = aggregate_fit
+        self.server_round = server_round
+        self.results: list[tuple[Client, FitRes]] = []
+
+    def fold(self, client: Client, res: FitRes) -> None:
+        self.results.append((client, res))
+
+    def finish(self, failures: list[Failure]) -> tuple[NDArrays | None, Metrics]:
+        results, self.results = self.results, []
+        return self.aggregate_fit(self.server_round, results, failures)
+
+
+class CollectedEvaluate(EvaluateAggregator):
+    """Keeps every result and hands the round's list to ``aggregate_evaluate`` (flwr's way)."""
+
+    def __init__(self, aggregate_evaluate: Callable, server_round: int) -> None:
+        self.aggregate_evaluate = aggregate_evaluate
+        self.server_round = server_round
+        self.results: list[tuple[Client, EvaluateRes]] = []
+
+    def fold(self, client: Client, res: EvaluateRes) -> None:
+        self.results.append((client, res))
+
+    def finish(self, failures: list[Failure]) -> tuple[float | None, Metrics]:
+        results, self.results = self.results, []
+        return self.aggregate_evaluate(self.server_round, results, failures)
+
 
 class Strategy(ABC):
     """The decisions of a federated run; the FL loop (``server.loop``) does the talking.
 
     The loop waits until ``min_available_clients`` are connected before asking for instructions
-    (``configure_*``), because, unlike flwr's, ``ClientManager.sample`` does not block.
+    (``configure_*``), because, unlike flwr's, ``ClientManager.sample`` does not block. It
+    aggregates through ``begin_fit`` / ``begin_evaluate``; their default collects the round's
+    results for ``aggregate_fit`` / ``aggregate_evaluate``.
     """
 
     min_available_clients: int = 1
@@ -41,11 +134,15 @@ class Strategy(ABC):
     ) -> list[tuple[Client, FitIns]]:
         """Which clients train this round, and with what. [] skips training this round."""
 
+    def begin_fit(self, server_round: int, parameters: NDArrays) -> FitAggregator:
+        """The aggregator of this round's fit results; ``parameters`` is the global model they answer."""
+        return CollectedFit(self.aggregate_fit, server_round)
+
     @abstractmethod
     def aggregate_fit(
         self, server_round: int, results: list[tuple[Client, FitRes]], failures: list[Failure]
     ) -> tuple[NDArrays | None, Metrics]:
-        """New global parameters from the results (None keeps the old ones), plus metrics."""
+        """New global parameters from all the results at once (None keeps the old ones), plus metrics."""
 
     @abstractmethod
     def configure_evaluate(
@@ -53,11 +150,15 @@ class Strategy(ABC):
     ) -> list[tuple[Client, EvaluateIns]]:
         """Which clients evaluate this round, and with what. [] skips it."""
 
+    def begin_evaluate(self, server_round: int) -> EvaluateAggregator:
+        """The aggregator of this round's evaluate results."""
+        return CollectedEvaluate(self.aggregate_evaluate, server_round)
+
     @abstractmethod
     def aggregate_evaluate(
         self, server_round: int, results: list[tuple[Client, EvaluateRes]], failures: list[Failure]
     ) -> tuple[float | None, Metrics]:
-        """One loss (None: no loss this round) and metrics from the clients' evaluations."""
+        """One loss (None: no loss this round) and metrics from all the clients' evaluations at once."""
 
     @abstractmethod
     def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
@@ -71,29 +172,148 @@ class Strategy(ABC):
         """Continue from a checkpoint: the global parameters and what :meth:`state` returned."""
 
 
+class WeightedSum:
+    """A running example-weighted sum of models, for their mean (flwr's FedAvg rule).
+
+    Sums in float64 (complex128 for complex tensors) whatever the tensors' dtype; :meth:`mean`
+    casts each mean to the dtype of the model (integer tensors rounded to the nearest integer
+    first). Every model added must match ``like`` (or the first one added) in tensor count,
+    shapes and dtypes: :func:`~fedproto.server_role.check_update` refuses it otherwise,
+    before anything is added.
+    """
+
+    def __init__(self, like: NDArrays | None = None) -> None:
+        self.total = 0  # sum of the weights
+        self.count = 0  # models added
+        self._like: NDArrays | None = None
+        self._sums: list[np.ndarray] = []
+        self._scratch: dict[np.dtype, np.ndarray] = {}
+        if like:
+            self._allocate(like)
+
+    def _allocate(self, like: NDArrays) -> None:
+        # Zero-size stand-ins carry the shapes and dtypes (byte order included) check_update compares.
+        self._like = [np.broadcast_to(np.zeros((), array.dtype), array.shape) for array in like]
+        self._sums = [np.zeros(array.shape, np.result_type(array.dtype, np.float64)) for array in like]
+        for total in self._sums:
+            if total.dtype not in self._scratch:
+                self._scratch[total.dtype] = np.empty(FOLD_CHUNK, total.dtype)
+
+    def add(self, arrays: NDArrays, weight: int) -> None:
+        """Add ``weight`` times ``arrays``; raises ReplyError, having added nothing, if they do not match."""
+        if self._like is None:
+            self._allocate(arrays)
+        check_update(arrays, self._like)
+        if weight:
+            for array, total in zip(arrays, self._sums, strict=True):
+                self._add_scaled(array.reshape(-1), weight, total.reshape(-1))
+        self.total += weight
+        self.count += 1
+
+    def _add_scaled(self, values: np.ndarray, weight: int, total: np.ndarray) -> None:
+        """``total += values * weight`` in ``total``'s dtype, a slice at a time through the scratch buffer."""
+        scratch = self._scratch[total.dtype]
+        for start in range(0, values.size, FOLD_CHUNK):
+            stop = min(start + FOLD_CHUNK, values.size)
+            product = scratch[:stop - start]
+            np.multiply(values[start:stop], weight, out=product, dtype=total.dtype)
+            np.add(total[start:stop], product, out=total[start:stop])
+
+    def mean(self) -> NDArrays:
+        """The weighted mean in the model's dtypes. Consumes the sums: call once, with ``total > 0``."""
+        like, sums, self._sums = self._like or [], self._sums, []
+        averaged = []
+        for reference in like:
+            summed = sums.pop(0)  # dropped before the next tensor's cast: one float64 sum at a time
+            summed /= self.total
+            if np.issubdtype(reference.dtype, np.integer):
+                np.rint(summed, out=summed)
+            averaged.append(summed.astype(reference.dtype, copy=False))
+        return averaged
+
+
 def weighted_average(results: list[tuple[NDArrays, int]]) -> NDArrays:
-    """Example-weighted mean of each tensor (flwr's FedAvg rule).
+    """Example-weighted mean of each tensor (flwr's FedAvg rule), through :class:`WeightedSum`.
 
     Sums in float64 whatever the tensors' dtype, then casts each mean back to the dtype of the
     first result's tensor (integer tensors are rounded to the nearest integer first).
     """
-    total = sum(num_examples for _, num_examples in results)
-    averaged = []
-    for layers in zip(*(arrays for arrays, _ in results), strict=True):
-        accumulator = np.zeros(layers[0].shape, np.float64)
-        for layer, (_, num_examples) in zip(layers, results, strict=True):
-            accumulator += layer.astype(np.float64, copy=False) * num_examples
-        mean = accumulator / total
-        dtype = layers[0].dtype
-        if np.issubdtype(dtype, np.integer):
-            mean = np.rint(mean)
-        averaged.append(mean.astype(dtype))
-    return averaged
+    running = WeightedSum()
+    for arrays, num_examples in results:
+        running.add(arrays, num_examples)
+    return running.mean()
 
 
-def weighted_loss_average(results: list[tuple[int, float]]) -> float:
-    total = sum(num_examples for num_examples, _ in results)
-    return sum(num_examples * loss for num_examples, loss in results) / total
+class FedAvgFit(FitAggregator):
+    """FedAvg's fit aggregator: a running weighted sum, and the metrics if they are aggregated."""
+
+    def __init__(self, strategy: FedAvg, server_round: int, parameters: NDArrays | None) -> None:
+        self.strategy = strategy
+        self.server_round = server_round
+        self.running = WeightedSum(parameters)
+        self.metrics: list[tuple[int, Metrics]] = []  # small: kept per client, only if aggregated
+
+    def fold(self, client: Client, res: FitRes) -> None:
+        self.running.add(res.parameters, res.num_examples)
+        if self.strategy.fit_metrics_aggregation_fn is not None:
+            self.metrics.append((res.num_examples, res.metrics))
+
+    def finish(self, failures: list[Failure]) -> tuple[NDArrays | None, Metrics]:
+        strategy, server_round = self.strategy, self.server_round
+        if not self.running.count:
+            return None, {}
+        if failures and not strategy.accept_failures:
+            log.warning("round %d: %d fit failures and accept_failures=False: no aggregation",
+                        server_round, len(failures))
+            return None, {}
+        if self.running.total == 0:
+            log.warning("round %d: every client reported num_examples=0: no aggregation", server_round)
+            return None, {}
+        parameters = strategy.update_model(server_round, self.running.mean())
+        metrics: Metrics = {}
+        if strategy.fit_metrics_aggregation_fn is not None:
+            metrics = strategy.fit_metrics_aggregation_fn(self.metrics)
+        return parameters, metrics
+
+
+class FedAvgEvaluate(EvaluateAggregator):
+    """FedAvg's evaluate aggregator: a running example-weighted loss sum (flwr's weighted_loss_avg)."""
+
+    def __init__(self, strategy: FedAvg, server_round: int) -> None:
+        self.strategy = strategy
+        self.server_round = server_round
+        self.count = 0
+        self.total = 0
+        self.weighted_loss = 0.0
+        self.metrics: list[tuple[int, Metrics]] = []
+
+    def fold(self, client: Client, res: EvaluateRes) -> None:
+        self.count += 1
+        self.total += res.num_examples
+        self.weighted_loss += res.num_examples * res.loss
+        if self.strategy.evaluate_metrics_aggregation_fn is not None:
+            self.metrics.append((res.num_examples, res.metrics))
+
+    def finish(self, failures: list[Failure]) -> tuple[float | None, Metrics]:
+        strategy, server_round = self.strategy, self.server_round
+        if not self.count:
+            return None, {}
+        if failures and not strategy.accept_failures:
+            log.warning("round %d: %d evaluate failures and accept_failures=False: no aggregation",
+                        server_round, len(failures))
+            return None, {}
+        if self.total == 0:
+            log.warning("round %d: every client reported num_examples=0: no loss", server_round)
+            return None, {}
+        metrics: Metrics = {}
+        if strategy.evaluate_metrics_aggregation_fn is not None:
+            metrics = strategy.evaluate_metrics_aggregation_fn(self.metrics)
+        return self.weighted_loss / self.total, metrics
+
+
+def _overrides(strategy: Any, method: str) -> bool:
+    """True if ``strategy``'s class replaced FedAvg's ``method`` (a subclass written flwr's way)."""
+    return getattr(type(strategy), method) is not getattr(FedAvg, method)
 
 
 class FedAvg(Strategy):
@@ -180,42 +400,37 @@ class FedAvg(Strategy):
         clients = client_manager.sample(sample_size, min_num_clients)
         return [(client, evaluate_ins) for client in clients]
 
+    def begin_fit(self, server_round: int, parameters: NDArrays) -> FitAggregator:
+        if _overrides(self, "aggregate_fit"):  # a subclass that wants the round's list gets it
+            return super().begin_fit(server_round, parameters)
+        return FedAvgFit(self, server_round, parameters)
+
     def aggregate_fit(
         self, server_round: int, results: list[tuple[Client, FitRes]], failures: list[Failure]
     ) -> tuple[NDArrays | None, Metrics]:
-        if not results:
-            return None, {}
-        if failures and not self.accept_failures:
-            log.warning("round %d: %d fit failures and accept_failures=False: no aggregation",
-                        server_round, len(failures))
-            return None, {}
-        if sum(res.num_examples for _, res in results) == 0:
-            log.warning("round %d: every client reported num_examples=0: no aggregation", server_round)
-            return None, {}
-        parameters = weighted_average([(res.parameters, res.num_examples) for _, res in results])
-        metrics: Metrics = {}
-        if self.fit_metrics_aggregation_fn is not None:
-            metrics = self.fit_metrics_aggregation_fn([(res.num_examples, res.metrics) for _, res in results])
-        return parameters, metrics
+        """flwr's all-at-once form: the results folded one by one, as the loop does as they arrive."""
+        aggregator = FedAvgFit(self, server_round, None)
+        for client, res in results:
+            aggregator.fold(client, res)
+        return aggregator.finish(failures)
+
+    def update_model(self, server_round: int, average: NDArrays) -> NDArrays:
+        """The new global parameters from the round's FedAvg average: the average itself."""
+        return average
+
+    def begin_evaluate(self, server_round: int) -> EvaluateAggregator:
+        if _overrides(self, "aggregate_evaluate"):
+            return super().begin_evaluate(server_round)
+        return FedAvgEvaluate(self, server_round)
 
     def aggregate_evaluate(
         self, server_round: int, results: list[tuple[Client, EvaluateRes]], failures: list[Failure]
     ) -> tuple[float | None, Metrics]:
-        if not results:
-            return None, {}
-        if failures and not self.accept_failures:
-            log.warning("round %d: %d evaluate failures and accept_failures=False: no aggregation",
-                        server_round, len(failures))
-            return None, {}
-        if sum(res.num_examples for _, res in results) == 0:
-            log.warning("round %d: every client reported num_examples=0: no loss", server_round)
-            return None, {}
-        loss = weighted_loss_average([(res.num_examples, res.loss) for _, res in results])
-        metrics: Metrics = {}
-        if self.evaluate_metrics_aggregation_fn is not None:
-            metrics = self.evaluate_metrics_aggregation_fn(
-                [(res.num_examples, res.metrics) for _, res in results])
-        return loss, metrics
+        """flwr's all-at-once form of :meth:`begin_evaluate`."""
+        aggregator = FedAvgEvaluate(self, server_round)
+        for client, res in results:
+            aggregator.fold(client, res)
+        return aggregator.finish(failures)
 
 
 class FedProx(FedAvg):
@@ -265,13 +480,9 @@ class FedAdam(FedAvg):
         return (f"FedAdam(eta={self.eta}, beta_1={self.beta_1}, beta_2={self.beta_2}, tau={self.tau}, "
                 f"{super().__repr__()[len('FedAvg('):]}")
 
-    def aggregate_fit(
-        self, server_round: int, results: list[tuple[Client, FitRes]], failures: list[Failure]
-    ) -> tuple[NDArrays | None, Metrics]:
-        averaged, metrics = super().aggregate_fit(server_round, results, failures)
-        if averaged is None:
-            return None, {}
-        delta = [a.astype(np.float64) - c.astype(np.float64) for a, c in zip(averaged, self.current, strict=True)]
+    def update_model(self, server_round: int, average: NDArrays) -> NDArrays:
+        """One Adam step from the current parameters, with ``average - current`` as the gradient."""
+        delta = [a.astype(np.float64) - c.astype(np.float64) for a, c in zip(average, self.current, strict=True)]
         if not self.m_t:
             self.m_t = [np.zeros_like(d) for d in delta]
             self.v_t = [np.zeros_like(d) for d in delta]
@@ -283,7 +494,7 @@ class FedAdam(FedAvg):
             (c.astype(np.float64) + eta_norm * m / (np.sqrt(v) + self.tau)).astype(c.dtype)
             for c, m, v in zip(self.current, self.m_t, self.v_t, strict=True)
         ]
-        return self.current, metrics
+        return self.current
 
     def state(self) -> dict[str, NDArrays]:
         return {"m_t": self.m_t, "v_t": self.v_t}
