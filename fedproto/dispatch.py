@@ -10,7 +10,9 @@ Invariants
 1. The server speaks first. Every ServerMessage gets exactly one ClientMessage, in order.
 2. ReconnectIns is the last message of a stream. After answering it with DisconnectRes the
    client sends nothing more on that stream and closes it.
-3. The user's handler sees only NumPy arrays and dicts of Python scalars, never protobuf.
+3. The user's handler sees only NumPy arrays and dicts of Python scalars, never protobuf. Its
+   ``parameters`` are its own writable arrays, each copied once out of the received bytes, so
+   writing into them (training in place) changes nothing else.
 4. A handler that lacks a method, raises, or returns the wrong shape never breaks the stream:
    the reply carries a non-OK ``Status``. The contract has no generic error code, so the
    method's ``*_NOT_IMPLEMENTED`` code is used and ``Status.message`` says what happened
@@ -58,15 +60,11 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from fedproto.codec import (
-    CodecError,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-    scalars_from_proto,
-    scalars_to_proto,
-)
+from fedproto import framing
+from fedproto.codec import TENSOR_TYPE, CodecError, scalars_from_proto, scalars_to_proto
 from fedproto.errors import FedprotoError
 from fedproto.handler import HandlerError, check_count, check_loss, unpack_result
+from fedproto.tensor_formats import EncodedTensors, decode_tensors, encode_tensors
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage, Status
 
 log = logging.getLogger(__name__)
@@ -153,25 +151,45 @@ class ClientSession:
         self.last_received: str | None = None  # oneof name of the last ServerMessage, for logs
 
     def receive_bytes(self, data: bytes) -> bytes:
-        """Serialized ServerMessage in, serialized ClientMessage out."""
+        """Serialized ServerMessage in, serialized ClientMessage out.
+
+        The lean path for models of many MB (``fedproto.framing``): the instruction's tensors are
+        read in place in ``data`` (protobuf parses only the rest), and a reply's tensors are
+        written into its bytes in one pass, each copied once.
+        """
+        split = framing.split_tensors(data, ServerMessage)
         try:
-            message = parse_instruction(data)
+            message = parse_instruction(data if split is None else split[0])
         except ProtocolError:
             self.state = AFTER_REFUSAL[self.state]
             raise
-        return self.receive(message).SerializeToString()
+        reply, tensors = self._run(message, None if split is None else split[1])
+        return reply.SerializeToString() if tensors is None else framing.frame(reply, tensors)
 
     def receive(self, message: ServerMessage) -> ClientMessage:
         """Answer one ServerMessage by running its row of :data:`TRANSITIONS`."""
+        reply, tensors = self._run(message, None)
+        if tensors is not None:
+            body = getattr(reply, reply.WhichOneof("msg"))
+            body.parameters.tensor_type = tensors.tensor_type
+            body.parameters.tensors.extend(b"".join(pieces) for pieces in tensors.tensors)
+        return reply
+
+    def _run(self, message: ServerMessage, tensors: list | None) -> tuple[ClientMessage, EncodedTensors | None]:
+        """The reply, and its tensors still apart from it (None: a reply without Parameters).
+
+        ``tensors``: the instruction's tensors when they were lifted out of its bytes, else None
+        (they are in ``message``).
+        """
         try:
             received = self._received(message)
             transition = TRANSITIONS[(self.state, received)]
-            reply = getattr(self, transition.handler)(message, transition.reply)
+            answer = getattr(self, transition.handler)(message, transition.reply, tensors)
         except ProtocolError:
             self.state = AFTER_REFUSAL[self.state]
             raise
         self.state = transition.next_state
-        return reply
+        return answer
 
     def _received(self, message: ServerMessage) -> str:
         """The message's name in the table; ProtocolError if no row can take it."""
@@ -187,39 +205,40 @@ class ClientSession:
             return "reconnect_ins, seconds > 0" if message.reconnect_ins.seconds > 0 else "reconnect_ins, seconds <= 0"
         return kind
 
-    def _come_back_later(self, message: ServerMessage, reply: str) -> ClientMessage:
+    def _come_back_later(self, message: ServerMessage, reply: str, tensors: None) -> tuple[ClientMessage, None]:
         self.reconnect_after = message.reconnect_ins.seconds
-        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.RECONNECT)})
+        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.RECONNECT)}), None
 
-    def _leave(self, message: ServerMessage, reply: str) -> ClientMessage:
+    def _leave(self, message: ServerMessage, reply: str, tensors: None) -> tuple[ClientMessage, None]:
         self.reconnect_after = 0
-        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.ACK)})
+        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.ACK)}), None
 
-    def _answer(self, message: ServerMessage, reply_field: str) -> ClientMessage:
+    def _answer(self, message: ServerMessage, reply_field: str,
+                tensors: list | None) -> tuple[ClientMessage, EncodedTensors | None]:
         """Call the user's handler for an instruction; a handler failure is a non-OK Status."""
         kind = message.WhichOneof("msg")
         spec = INSTRUCTIONS[kind]
         try:
-            arguments = _decode_arguments(kind, getattr(message, kind))
+            arguments = _decode_arguments(kind, getattr(message, kind), tensors)
         except CodecError as error:
             raise ProtocolError(f"{spec.ins_name}.{error}") from None
 
         method: Callable[..., Any] | None = getattr(self.handler, spec.method, None)
         if method is None:
-            return _failure(spec, reply_field, f"Client does not implement `{spec.method}`")  # flwr's text
+            return _failure(spec, reply_field, f"Client does not implement `{spec.method}`"), None  # flwr's text
         try:
             result = method(*arguments)
         except Exception as error:  # the user's code: report it, keep the stream alive
             log.exception("%s raised", spec.method)
-            return _failure(spec, reply_field, f"{spec.method} raised {type(error).__name__}: {error}")
+            return _failure(spec, reply_field, f"{spec.method} raised {type(error).__name__}: {error}"), None
         del arguments  # the received tensors: free them before the reply's are built
         reply = ClientMessage()
         try:
-            _fill_reply(kind, result, getattr(reply, reply_field), spec.res_name)
+            tensors_out = _fill_reply(kind, result, getattr(reply, reply_field), spec.res_name)
         except (CodecError, HandlerError) as error:
             log.error("%s returned an invalid result: %s", spec.method, error)
-            return _failure(spec, reply_field, f"{spec.method} returned an invalid result: {error}")
-        return reply
+            return _failure(spec, reply_field, f"{spec.method} returned an invalid result: {error}"), None
+        return reply, tensors_out
 
 
 def _failure(spec: Instruction, reply_field: str, text: str) -> ClientMessage:
@@ -228,32 +247,46 @@ def _failure(spec: Instruction, reply_field: str, text: str) -> ClientMessage:
     return ClientMessage(**{reply_field: {"status": status}})
 
 
-def _decode_arguments(kind: str, ins: Any) -> tuple[Any, ...]:
-    """The instruction's fields as the handler's arguments: (config,) or (parameters, config)."""
+def _decode_arguments(kind: str, ins: Any, tensors: list | None) -> tuple[Any, ...]:
+    """The instruction's fields as the handler's arguments: (config,) or (parameters, config).
+
+    The handler's arrays are its own: each .npy tensor is decoded as a read-only view of the
+    received bytes and then copied once, so a handler may train in place (as with flwr) without
+    touching the message. An array a format already built anew (cpp_double) is not copied again.
+    """
     config = scalars_from_proto(ins.config, "config")
     if kind in ("fit_ins", "evaluate_ins"):
-        return parameters_to_ndarrays(ins.parameters, "parameters"), config
+        received = ins.parameters.tensors if tensors is None else tensors
+        arrays = decode_tensors(received, ins.parameters.tensor_type, "parameters")
+        return [a if a.flags.writeable else a.copy(order="K") for a in arrays], config
     return (config,)
 
 
-def _fill_reply(kind: str, result: Any, body: Any, res: str) -> None:
-    """Write the handler's return value into the reply ``body``, with status OK.
+def _fill_reply(kind: str, result: Any, body: Any, res: str) -> EncodedTensors | None:
+    """Write the handler's return value into the reply ``body``, with status OK; return its tensors.
 
-    Tensors go straight into the reply (each copied into protobuf once): with models of
-    millions of parameters, every extra copy shows in the edge client's peak memory.
+    The tensors are checked here but stay apart from the reply (views of the handler's arrays):
+    ``receive_bytes`` writes them into the reply's bytes in one pass (``fedproto.framing``), so
+    each is copied once. With models of millions of parameters, every extra copy shows in the
+    edge client's peak memory.
     """
     body.status.code, body.status.message = Code.OK, "Success"  # the text flwr's NumPyClient sends
     if kind == "get_properties_ins":
         body.MergeFrom(type(body)(properties=scalars_to_proto(result, f"{res}.properties")))
-    elif kind == "get_parameters_ins":
-        ndarrays_to_parameters(result, f"{res}.parameters", out=body.parameters)
-    elif kind == "fit_ins":
+        return None
+    if kind == "get_parameters_ins":
+        tensors = encode_tensors(result, TENSOR_TYPE, f"{res}.parameters")
+        body.parameters.tensor_type = TENSOR_TYPE
+        return tensors
+    if kind == "fit_ins":
         arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
-        ndarrays_to_parameters(arrays, f"{res}.parameters", out=body.parameters)
+        tensors = encode_tensors(arrays, TENSOR_TYPE, f"{res}.parameters")
+        body.parameters.tensor_type = TENSOR_TYPE
         body.num_examples = check_count(num_examples, f"{res}.num_examples")
         body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
-    else:
-        loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
-        body.loss = check_loss(loss, f"{res}.loss")
-        body.num_examples = check_count(num_examples, f"{res}.num_examples")
-        body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
+        return tensors
+    loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
+    body.loss = check_loss(loss, f"{res}.loss")
+    body.num_examples = check_count(num_examples, f"{res}.num_examples")
+    body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
+    return None

@@ -57,12 +57,13 @@ from fedproto.codec import (
     ScalarValue,
     all_finite,
     TENSOR_TYPE,
-    ndarrays_to_parameters,
     parameters_to_ndarrays,
     scalars_from_proto,
     scalars_to_proto,
 )
+from fedproto import framing
 from fedproto.errors import FedprotoError
+from fedproto.tensor_formats import encode_tensors
 from fedproto.text import bound_metrics, bound_text
 from fedproto.transport_pb2 import ClientMessage, Code, ServerMessage
 
@@ -159,21 +160,21 @@ def encode_get_parameters_ins(config: Config | None = None) -> bytes:
 
 
 def encode_fit_ins(ins: FitIns, tensor_type: str = TENSOR_TYPE) -> bytes:
-    """FitIns with its tensors in format ``tensor_type`` (the one the receiving client speaks)."""
-    message = ServerMessage(fit_ins=ServerMessage.FitIns(config=scalars_to_proto(ins.config, "fit_ins.config")))
-    # Written in place: no Parameters is built and then copied into the message.
-    ndarrays_to_parameters(ins.parameters, "fit_ins.parameters", out=message.fit_ins.parameters,
-                           tensor_type=tensor_type)
-    return message.SerializeToString()
+    """FitIns with its tensors in format ``tensor_type`` (the one the receiving client speaks).
+
+    Written in one pass (``fedproto.framing``): protobuf serializes the config, the tensors are
+    copied once, into the result.
+    """
+    tensors = encode_tensors(ins.parameters, tensor_type, "fit_ins.parameters")
+    config = scalars_to_proto(ins.config, "fit_ins.config")
+    return framing.frame(ServerMessage(fit_ins=ServerMessage.FitIns(config=config)), tensors)
 
 
 def encode_evaluate_ins(ins: EvaluateIns, tensor_type: str = TENSOR_TYPE) -> bytes:
-    """EvaluateIns with its tensors in format ``tensor_type``."""
+    """EvaluateIns with its tensors in format ``tensor_type``, written like :func:`encode_fit_ins`."""
+    tensors = encode_tensors(ins.parameters, tensor_type, "evaluate_ins.parameters")
     config = scalars_to_proto(ins.config, "evaluate_ins.config")
-    message = ServerMessage(evaluate_ins=ServerMessage.EvaluateIns(config=config))
-    ndarrays_to_parameters(ins.parameters, "evaluate_ins.parameters", out=message.evaluate_ins.parameters,
-                           tensor_type=tensor_type)
-    return message.SerializeToString()
+    return framing.frame(ServerMessage(evaluate_ins=ServerMessage.EvaluateIns(config=config)), tensors)
 
 
 def encode_reconnect_ins(seconds: int) -> bytes:

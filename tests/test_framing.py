@@ -133,3 +133,28 @@ def test_varint_is_protobufs_length_prefix():
     for size in (0, 1, 127, 128, 300, 16_383, 16_384, 2**21 + 5):
         serialized = Parameters(tensors=[b"\0" * size]).SerializeToString()
         assert serialized == framing.TENSOR_TAG + framing.varint(size) + b"\0" * size
+
+
+def test_a_handler_that_writes_into_its_parameters_changes_nothing_else():
+    from fedproto.dispatch import ClientSession
+    from fedproto.server_role import FitIns, encode_fit_ins
+
+    model = [np.arange(6, dtype=np.float32).reshape(2, 3), np.asfortranarray(np.ones((2, 2), ">f8"))]
+    wire = encode_fit_ins(FitIns(model))
+    seen = []
+
+    class TrainsInPlace:
+        def fit(self, parameters, config):
+            seen.append([p.copy(order="K") for p in parameters])
+            for p in parameters:
+                p += 1  # writable: the handler's own copy
+            return parameters, 1, {}
+
+    session = ClientSession(TrainsInPlace())
+    first, second = session.receive_bytes(wire), session.receive_bytes(wire)
+    assert first == second  # the received bytes were not changed by the first handler call
+    for got, expected in zip(seen[1], model, strict=True):
+        assert got.dtype.str == expected.dtype.str and got.flags.f_contiguous == expected.flags.f_contiguous
+        np.testing.assert_array_equal(got, expected)
+    reply = ClientMessage.FromString(first).fit_res.parameters
+    np.testing.assert_array_equal(np.load(io.BytesIO(reply.tensors[0])), model[0] + 1)
