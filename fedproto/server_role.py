@@ -63,6 +63,7 @@ from fedproto.codec import (
 )
 from fedproto import framing
 from fedproto.errors import FedprotoError
+from fedproto.tensor_formats import decode_tensors as decode_tensor_list
 from fedproto.tensor_formats import encode_tensors
 from fedproto.text import bound_metrics, bound_text
 from fedproto.transport_pb2 import ClientMessage, Code, ServerMessage
@@ -318,10 +319,36 @@ def decode_get_parameters_res(reply: ClientMessage) -> NDArrays:
 def decode_fit_res(reply: ClientMessage, model: NDArrays) -> FitRes:
     """A FitRes answering FitIns(``model``); with no model yet (empty list), any tensors count."""
     body = expect(reply, "fit_res")
+    return _fit_res(body, body.parameters.tensors, model)
+
+
+def decode_fit_res_bytes(data: bytes, model: NDArrays) -> FitRes:
+    """:func:`parse_reply` and :func:`decode_fit_res` in one, reading the tensors in place in ``data``.
+
+    The .npy tensors become read-only views of ``data`` (``fedproto.framing.split_tensors``): no
+    copy, where a parsed ClientMessage costs two (protobuf's parse, then each tensor as bytes).
+    Same result and same ReplyError as the two-step path, for any input.
+    """
+    split = framing.split_tensors(data, ClientMessage)
+    if split is None:  # not a FitRes in the plain layout: protobuf reads it all
+        return decode_fit_res(parse_reply(data), model)
+    skeleton, tensors = split
+    try:
+        reply = ClientMessage.FromString(skeleton)
+    except DecodeError:  # then ``data`` is no ClientMessage either: parse_reply says so, in its words
+        return decode_fit_res(parse_reply(data), model)
+    return _fit_res(expect(reply, "fit_res"), tensors, model)
+
+
+def _fit_res(body: Any, tensors: Any, model: NDArrays) -> FitRes:
+    """A checked FitRes from its body and its tensors (in the body, or views of the reply's bytes)."""
     # A shapeless format (cpp_double) takes its shapes and dtypes from the model it answers; a
     # wrong tensor count is left to check_update, which names it SHAPE_MISMATCH.
-    like = model if model and len(body.parameters.tensors) == len(model) else None
-    parameters = decode_tensors(body.parameters, "FitRes.parameters", like)
+    like = model if model and len(tensors) == len(model) else None
+    try:
+        parameters = decode_tensor_list(tensors, body.parameters.tensor_type, "FitRes.parameters", like)
+    except CodecError as error:
+        raise ReplyError(FailureKind.BAD_TENSOR, str(error)) from None
     check_finite(parameters, "FitRes.parameters")
     if model:
         check_update(parameters, model)

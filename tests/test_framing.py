@@ -9,8 +9,10 @@ C order, Fortran order and strided (non-contiguous) views. Scalar maps: every ki
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -158,3 +160,71 @@ def test_a_handler_that_writes_into_its_parameters_changes_nothing_else():
         np.testing.assert_array_equal(got, expected)
     reply = ClientMessage.FromString(first).fit_res.parameters
     np.testing.assert_array_equal(np.load(io.BytesIO(reply.tensors[0])), model[0] + 1)
+
+
+def _outcome(decode, data: bytes, model):
+    """What a FitRes decoder gives for ``data``: the result's fields, or the ReplyError's kind and text."""
+    from fedproto.server_role import ReplyError
+
+    try:
+        result = decode(data, model)
+    except ReplyError as error:
+        return ("error", error.kind, re.sub(r" at 0x[0-9a-f]+", "", error.reason))  # numpy quotes addresses
+    return ("ok", [(a.dtype.str, a.shape, a.tobytes(order="A")) for a in result.parameters],
+            result.num_examples, result.metrics)
+
+
+def _two_step(data: bytes, model):
+    from fedproto.server_role import decode_fit_res, parse_reply
+
+    return decode_fit_res(parse_reply(data), model)
+
+
+@EXAMPLES
+@given(tensors=st.lists(arrays(), max_size=3), scalars=scalar_maps, status=st.tuples(st.integers(0, 4),
+       st.text(max_size=10)), num_examples=st.integers(-5, 2**40), data=st.data())
+def test_decode_fit_res_bytes_equals_parse_reply_then_decode_fit_res(tensors, scalars, status, num_examples, data):
+    from fedproto.server_role import decode_fit_res_bytes
+
+    wire = build(ClientMessage, "fit_res", scalars, status, num_examples,
+                 Parameters(tensors=[reference_tensor(a, NUMPY) for a in tensors], tensor_type=NUMPY)
+                 ).SerializeToString()
+    model = data.draw(st.sampled_from([[], [np.asarray(a) for a in tensors]]))
+    position = data.draw(st.integers(0, len(wire)))
+    damaged = data.draw(st.sampled_from([wire, wire[:position], wire[:position] + b"\xff" + wire[position:]]))
+    assert _outcome(decode_fit_res_bytes, damaged, model) == _outcome(_two_step, damaged, model)
+
+
+def test_decode_fit_res_bytes_gives_read_only_views_of_the_reply():
+    from fedproto.server_role import decode_fit_res_bytes
+
+    model = [np.arange(6, dtype=np.float32).reshape(2, 3)]
+    wire = build(ClientMessage, "fit_res", {"loss": 0.5}, (0, "Success"), 3,
+                 Parameters(tensors=[reference_tensor(model[0], NUMPY)], tensor_type=NUMPY)).SerializeToString()
+    [array] = decode_fit_res_bytes(wire, model).parameters
+    assert np.shares_memory(array, np.frombuffer(wire, np.uint8))
+    with pytest.raises(ValueError, match="read-only"):
+        array[0, 0] = 1
+
+
+@EXAMPLES
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["flip", "insert", "delete"]),
+                                st.integers(0, 255)), min_size=1, max_size=4))
+def test_decode_fit_res_bytes_equals_the_two_step_path_on_damaged_golden_vectors(edits):
+    from fedproto.kit.make_vectors import DEFAULT_DIR
+    from fedproto.server_role import decode_fit_res_bytes
+
+    golden = (DEFAULT_DIR / "client_fit_res.bin").read_bytes()
+    model = [np.array(a) for a in _two_step(golden, []).parameters]
+    data = bytearray(golden)
+    for position, action, value in edits:
+        position %= len(data) + 1
+        if action == "flip" and position < len(data):
+            data[position] ^= 1 << (value % 8)
+        elif action == "insert":
+            data[position:position] = bytes([value])
+        elif action == "delete":
+            del data[position:position + 1]
+    damaged = bytes(data)
+    for reference in ([], model):
+        assert _outcome(decode_fit_res_bytes, damaged, reference) == _outcome(_two_step, damaged, reference)
