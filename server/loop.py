@@ -35,6 +35,7 @@ it instead: fedproto-server --tensor-type). A cpp_double initial model is flat
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -358,7 +359,15 @@ class Exchange:
                 return
             self.formats.learn(client.cid, reply)
 
-        await asyncio.gather(*(ask(index, client, ins) for index, (client, ins) in enumerate(instructions)))
+        # The connected streams' objects (thousands of coroutines, futures, gRPC calls) live across
+        # rounds: frozen, the collector's full passes during the exchange skip them (they were
+        # ~11% of the server's CPU at 10,000 clients). Unfrozen after, so what the round left
+        # unreachable is still collected.
+        gc.freeze()
+        try:
+            await asyncio.gather(*(ask(index, client, ins) for index, (client, ins) in enumerate(instructions)))
+        finally:
+            gc.unfreeze()
         for (client, _), failure in zip(instructions, outcomes, strict=True):
             if failure is None:
                 self.succeeded.append(client.cid)

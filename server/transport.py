@@ -82,13 +82,17 @@ class ClientProxy:
     """
 
     def __init__(self, cid: str, peer: str) -> None:
+        """Made on the event loop that serves the stream (``JoinServicer.join``)."""
         self.cid = cid
         self.peer = peer
+        # Looked up once: asyncio's own lookup costs a getpid() system call each time, and a
+        # round at 10,000 clients makes tens of thousands of futures, timers and writes.
+        self._loop = asyncio.get_running_loop()
         self._outbox: asyncio.Queue[_Outgoing | _Close] = asyncio.Queue()
         self._lock = asyncio.Lock()  # one request in flight per stream: replies come in order
         self._in_flight: _Outgoing | None = None  # written, reply not read yet
         self._ended: str | None = None  # why the stream ended, once it has
-        self._ended_event = asyncio.Event()  # set with _ended: wakes a writer blocked in write()
+        self._writing: asyncio.Future[None] | None = None  # the write under way: _end cancels it
 
     def __repr__(self) -> str:
         return f"ClientProxy({self.cid}, {self.peer})"
@@ -105,15 +109,21 @@ class ClientProxy:
         async with self._lock:
             if self._ended is not None:
                 raise ReplyError(FailureKind.STREAM_CLOSED, self._ended)
-            reply = asyncio.get_running_loop().create_future()
+            reply = self._loop.create_future()
             self._outbox.put_nowait(_Outgoing(message, reply))
+            # A timer on the reply itself: asyncio.wait_for would add a future, a task-like
+            # waiter and callbacks to each of thousands of requests.
+            timer = self._loop.call_later(timeout, _expire, reply) if timeout is not None else None
             try:
-                data = await asyncio.wait_for(reply, timeout)
+                data = await reply
             except TimeoutError:
                 reason = f"no reply within {timeout:g} s"
                 self._end(reason, FailureKind.TIMEOUT)
                 self._outbox.put_nowait(_Close(grpc.StatusCode.DEADLINE_EXCEEDED, reason))
                 raise ReplyError(FailureKind.TIMEOUT, reason) from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if last:
                 self._end("server ended the session", FailureKind.STREAM_CLOSED)
                 self._outbox.put_nowait(_Close())
@@ -121,7 +131,7 @@ class ClientProxy:
 
     async def serve(self, context: grpc.aio.ServicerContext) -> None:
         """The writer, run as the RPC's handler. Returns (or aborts) when the stream is over."""
-        reader = asyncio.ensure_future(self._read_replies(context))
+        reader = self._loop.create_task(self._read_replies(context))
         try:
             while True:
                 item = await self._outbox.get()
@@ -144,17 +154,17 @@ class ClientProxy:
             self._end("stream ended", FailureKind.STREAM_CLOSED)
 
     async def _write_unless_ended(self, context: grpc.aio.ServicerContext, data: bytes) -> None:
-        """``context.write(data)``, cancelled as soon as the stream ends (e.g. its request timed out)."""
-        write = asyncio.ensure_future(context.write(data))
-        ended = asyncio.ensure_future(self._ended_event.wait())
+        """``context.write(data)``, cancelled by :meth:`_end` as soon as the stream ends (e.g. its
+        request timed out while the client's window stayed shut)."""
+        self._writing = self._loop.create_task(context.write(data))
         try:
-            await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
+            await self._writing
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # the handler itself is being cancelled
+                raise
+            # else _end cancelled the write: its request has already failed
         finally:
-            ended.cancel()
-            if not write.done():
-                write.cancel()  # the window stayed shut; its request has already failed
-        if write.done() and not write.cancelled():
-            write.result()  # a failed write raises as before
+            self._writing = None
 
     async def _read_replies(self, context: grpc.aio.ServicerContext) -> None:
         """The reader: hand each ClientMessage to the request waiting for it."""
@@ -181,7 +191,8 @@ class ClientProxy:
         """Mark the stream over and fail every request that can no longer be answered."""
         if self._ended is None:
             self._ended = reason
-            self._ended_event.set()
+        if self._writing is not None:
+            self._writing.cancel()  # a write the client never takes would block the writer for ever
         waiting = [self._in_flight] if self._in_flight is not None else []
         self._in_flight = None
         while not self._outbox.empty():
@@ -191,6 +202,11 @@ class ClientProxy:
         for outgoing in waiting:
             if not outgoing.reply.done():
                 outgoing.reply.set_exception(ReplyError(kind, reason))
+
+
+def _expire(reply: asyncio.Future[bytes]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
 
 
 class JoinServicer:
