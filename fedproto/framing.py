@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from fedproto.errors import FedprotoError
 from fedproto.tensor_formats import EncodedTensors
 from fedproto.transport_pb2 import ClientMessage, Parameters, ServerMessage
 
@@ -105,8 +106,10 @@ class Field(NamedTuple):
     end: int
 
 
-class NotPlain(Exception):
-    """The bytes are not in the plain layout :func:`split_tensors` reads; protobuf parses them."""
+class NotPlain(FedprotoError):
+    """The bytes are not in the plain layout :func:`split_tensors` reads; protobuf parses them.
+
+    Never leaves this module: :func:`split_tensors` answers None instead."""
 
 
 def _read_varint(data: bytes | memoryview, position: int, end: int) -> tuple[int, int]:
