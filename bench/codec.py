@@ -10,8 +10,8 @@ For each payload size, one float32 tensor of that many bytes is
   ``fit`` returns the tensor (the FitIns it answers carries one float, so its decoding is
   negligible from 1 MB up); flwr's is ``ndarrays_to_parameters`` -> ``serde.fit_res_to_proto``
   -> ``ClientMessage(fit_res=...).SerializeToString()``;
-- decoded: wire bytes -> ndarrays. Ours is the server's path, ``server_role.parse_reply`` +
-  ``decode_fit_res``; flwr's is ``ClientMessage.FromString`` -> ``serde.fit_res_from_proto``
+- decoded: wire bytes -> ndarrays. Ours is the server's path, ``server_role.decode_fit_res_bytes``
+  (header checks, then read-only views of the tensors in the received bytes: no copy); flwr's is ``ClientMessage.FromString`` -> ``serde.fit_res_from_proto``
   -> ``parameters_to_ndarrays``;
 - copied with ``numpy.ndarray.copy`` (allocation included), the memcpy reference measured in
   the same run.
@@ -35,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedproto.dispatch import ClientSession
-from fedproto.server_role import FitIns, decode_fit_res, encode_fit_ins, parse_reply
+from fedproto.server_role import FitIns, decode_fit_res_bytes, encode_fit_ins
 
 SIZES = {"1KB": 1_000, "1MB": 1_000_000, "40MB": 40_000_000, "400MB": 400_000_000}
 QUICK_SIZES = ("1KB", "1MB", "40MB")
@@ -60,7 +60,7 @@ def ours_encoder(tensor: np.ndarray) -> Callable[[], bytes]:
 
 
 def ours_decode(wire: bytes) -> list[np.ndarray]:
-    return decode_fit_res(parse_reply(wire), []).parameters
+    return decode_fit_res_bytes(wire, []).parameters
 
 
 def flwr_encoder(tensor: np.ndarray) -> Callable[[], bytes]:
