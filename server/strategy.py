@@ -179,31 +179,28 @@ class WeightedSum:
     casts each mean to the dtype of the model (integer tensors rounded to the nearest integer
     first). Every model added must match ``like`` (or the first one added) in tensor count,
     shapes and dtypes: :func:`~fedproto.server_role.check_update` refuses it otherwise,
-    before anything is added.
+    before anything is added. The sums are allocated by the first :meth:`add`, not before:
+    while a round's instructions are still being sent, they would only add to its peak.
     """
 
     def __init__(self, like: NDArrays | None = None) -> None:
         self.total = 0  # sum of the weights
         self.count = 0  # models added
-        self._like: NDArrays | None = None
+        # Zero-size stand-ins carry the shapes and dtypes (byte order included) check_update compares.
+        self._like = [np.broadcast_to(np.zeros((), array.dtype), array.shape) for array in like] if like else None
         self._sums: list[np.ndarray] = []
         self._scratch: dict[np.dtype, np.ndarray] = {}
-        if like:
-            self._allocate(like)
-
-    def _allocate(self, like: NDArrays) -> None:
-        # Zero-size stand-ins carry the shapes and dtypes (byte order included) check_update compares.
-        self._like = [np.broadcast_to(np.zeros((), array.dtype), array.shape) for array in like]
-        self._sums = [np.zeros(array.shape, np.result_type(array.dtype, np.float64)) for array in like]
-        for total in self._sums:
-            if total.dtype not in self._scratch:
-                self._scratch[total.dtype] = np.empty(FOLD_CHUNK, total.dtype)
 
     def add(self, arrays: NDArrays, weight: int) -> None:
         """Add ``weight`` times ``arrays``; raises ReplyError, having added nothing, if they do not match."""
         if self._like is None:
-            self._allocate(arrays)
+            self._like = [np.broadcast_to(np.zeros((), array.dtype), array.shape) for array in arrays]
         check_update(arrays, self._like)
+        if not self._sums:
+            self._sums = [np.zeros(like.shape, np.result_type(like.dtype, np.float64)) for like in self._like]
+            for summed in self._sums:
+                if summed.dtype not in self._scratch:
+                    self._scratch[summed.dtype] = np.empty(FOLD_CHUNK, summed.dtype)
         if weight:
             for array, total in zip(arrays, self._sums, strict=True):
                 self._add_scaled(array.reshape(-1), weight, total.reshape(-1))
