@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedproto import framing
 from fedproto.codec import TENSOR_TYPE
 from fedproto.server_role import (
     EvaluateIns,
@@ -52,6 +53,7 @@ from fedproto.server_role import (
     ReplyError,
     decode_evaluate_res,
     decode_fit_res,
+    decode_fit_res_bytes,
     decode_get_parameters_res,
     encode_evaluate_ins,
     encode_fit_ins,
@@ -70,6 +72,11 @@ log = logging.getLogger("fedproto.server")
 
 # How long the closing ReconnectIns waits for each client's DisconnectRes.
 DISCONNECT_TIMEOUT_SECONDS = 10.0
+
+# A FitRes answering a model at least this large is decoded in place from the bytes received
+# (its tensors become views of them) instead of being parsed by protobuf first, which copies
+# the tensors twice; a small reply is faster through protobuf's parse.
+IN_PLACE_DECODE_BYTES = 1 << 20
 
 
 class ClientsUnavailable(TimeoutError):
@@ -111,9 +118,8 @@ class ClientFormats:
     def of(self, cid: str) -> str:
         return self._by_client.get(cid, self.default)
 
-    def learn(self, cid: str, reply: ClientMessage) -> None:
-        """Call with a reply that decoded: its format is one this server speaks."""
-        tensor_type = reply_tensor_type(reply)
+    def learn(self, cid: str, tensor_type: str | None) -> None:
+        """Call with the tensor_type of a reply that decoded (one this server speaks), or None."""
         if tensor_type is not None:
             self._by_client[cid] = tensor_type
 
@@ -210,8 +216,18 @@ async def _run_round(
         model = parameters  # the model every FitRes of this round answers
         fit = strategy.begin_fit(server_round, model)
         exchange = Exchange(server_round, "fit", formats)
-        await exchange.run(instructions, encode_fit_ins, config.round_timeout,
-                           lambda client, reply: fit.fold(client, decode_fit_res(reply, model)))
+        if sum(array.nbytes for array in model) >= IN_PLACE_DECODE_BYTES:
+            def settle_fit(client: ClientProxy, data: bytes) -> str | None:
+                fit.fold(client, decode_fit_res_bytes(data, model))
+                return _fit_res_tensor_type(data)
+
+            await exchange.run(instructions, encode_fit_ins, config.round_timeout, settle_fit, raw=True)
+        else:
+            def settle_fit(client: ClientProxy, reply: ClientMessage) -> str | None:
+                fit.fold(client, decode_fit_res(reply, model))
+                return reply_tensor_type(reply)
+
+            await exchange.run(instructions, encode_fit_ins, config.round_timeout, settle_fit)
         record.fit_ok, record.fit_failures = len(exchange.succeeded), exchange.failures
         aggregated, metrics = await asyncio.to_thread(fit.finish, exchange.failures)
         if aggregated is not None:
@@ -230,8 +246,10 @@ async def _run_round(
     if instructions:
         evaluation = strategy.begin_evaluate(server_round)
         exchange = Exchange(server_round, "evaluate", formats)
-        await exchange.run(instructions, encode_evaluate_ins, config.round_timeout,
-                           lambda client, reply: evaluation.fold(client, decode_evaluate_res(reply)))
+        def settle_evaluate(client: ClientProxy, reply: ClientMessage) -> None:  # None: it has no tensors
+            evaluation.fold(client, decode_evaluate_res(reply))
+
+        await exchange.run(instructions, encode_evaluate_ins, config.round_timeout, settle_evaluate)
         record.evaluate_ok, record.evaluate_failures = len(exchange.succeeded), exchange.failures
         distributed_loss, metrics = await asyncio.to_thread(evaluation.finish, exchange.failures)
         if distributed_loss is not None:
@@ -299,7 +317,7 @@ async def _initial_parameters(
             log.warning("initial parameters from client %s failed: %s: %s", client.cid,
                         error.kind.value, error.reason)
             continue
-        formats.learn(client.cid, reply)
+        formats.learn(client.cid, reply_tensor_type(reply))
         if not formats.fixed:  # the clients not heard from yet likely speak the same
             formats.default = formats.of(client.cid)
         log.info("initial parameters from client %s (%s)", client.cid, formats.of(client.cid))
@@ -323,8 +341,10 @@ async def _evaluate_centralized(
 class Exchange:
     """One step of a round: send every instruction at once, settle each reply as it arrives.
 
-    ``settle(client, reply)`` decodes and checks a reply and folds it into the step's aggregator;
-    it raises :class:`ReplyError` for a reply that does not count, which then touched nothing.
+    ``settle(client, reply)`` decodes and checks a reply (a ClientMessage, or with ``raw=True``
+    the bytes received), folds it into the step's aggregator and returns the reply's tensor_type
+    (None if it tells none); it raises :class:`ReplyError` for a reply that does not count,
+    which then touched nothing.
     Afterwards ``succeeded`` holds the ids of the clients whose reply counted and ``failures``
     the others, both in the order the instructions were given.
     """
@@ -338,7 +358,7 @@ class Exchange:
 
     async def run(
         self, instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
-        timeout: float | None, settle: Callable[[Any, ClientMessage], None],
+        timeout: float | None, settle: Callable[[Any, Any], str | None], raw: bool = False,
     ) -> None:
         # Strategies usually give every client the same Ins object: encode it once per format.
         encoded: dict[tuple[int, str], bytes] = {}
@@ -350,14 +370,15 @@ class Exchange:
 
         async def ask(index: int, client: ClientProxy, ins: FitIns | EvaluateIns) -> None:
             try:
-                reply = await client.request(encoded[id(ins), self.formats.of(client.cid)], timeout)
-                settle(client, reply)  # no await between arriving and folding: nothing piles up
+                receive = client.request_bytes if raw else client.request
+                reply = await receive(encoded[id(ins), self.formats.of(client.cid)], timeout)
+                tensor_type = settle(client, reply)  # no await between arriving and folding: nothing piles up
             except ReplyError as error:
                 log.warning("round %d %s: client %s failed: %s: %s",
                             self.server_round, self.step, client.cid, error.kind.value, error.reason)
                 outcomes[index] = Failure(client.cid, error.kind, error.reason)
                 return
-            self.formats.learn(client.cid, reply)
+            self.formats.learn(client.cid, tensor_type)
 
         # The connected streams' objects (thousands of coroutines, futures, gRPC calls) live across
         # rounds: frozen, the collector's full passes during the exchange skip them (they were
@@ -373,6 +394,13 @@ class Exchange:
                 self.succeeded.append(client.cid)
             else:
                 self.failures.append(failure)
+
+
+def _fit_res_tensor_type(data: bytes) -> str:
+    """The tensor_type of a FitRes that decoded, read without copying its tensors: protobuf
+    parses the message around them (``fedproto.framing.split_tensors``)."""
+    split = framing.split_tensors(data, ClientMessage)
+    return ClientMessage.FromString(split[0] if split is not None else data).fit_res.parameters.tensor_type
 
 
 def _write_history(path: Path, history: History) -> None:

@@ -106,6 +106,10 @@ class ClientProxy:
         No reply within ``timeout`` seconds aborts the stream with DEADLINE_EXCEEDED.
         ``last=True`` ends the stream normally after the reply (used for ReconnectIns).
         """
+        return parse_reply(await self.request_bytes(message, timeout, last))
+
+    async def request_bytes(self, message: bytes, timeout: float | None = None, last: bool = False) -> bytes:
+        """:meth:`request`, the reply left as the bytes received (for a decoder that reads them in place)."""
         async with self._lock:
             if self._ended is not None:
                 raise ReplyError(FailureKind.STREAM_CLOSED, self._ended)
@@ -127,7 +131,7 @@ class ClientProxy:
             if last:
                 self._end("server ended the session", FailureKind.STREAM_CLOSED)
                 self._outbox.put_nowait(_Close())
-        return parse_reply(data)
+        return data
 
     async def serve(self, context: grpc.aio.ServicerContext) -> None:
         """The writer, run as the RPC's handler. Returns (or aborts) when the stream is over."""

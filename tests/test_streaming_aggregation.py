@@ -17,10 +17,18 @@ from flwr.common import Code, FitRes as FlwrFitRes, Status, ndarrays_to_paramete
 from flwr.server.strategy.aggregate import aggregate, weighted_loss_avg
 
 from fedproto.codec import ndarrays_to_parameters
-from fedproto.server_role import EvaluateRes, FailureKind, FitRes, ReplyError, parse_reply
+from fedproto.server_role import (
+    EvaluateRes,
+    FailureKind,
+    FitRes,
+    ReplyError,
+    decode_fit_res_bytes,
+    parse_reply,
+    reply_tensor_type,
+)
 from fedproto.transport_pb2 import ClientMessage, ServerMessage
 from fedproto.server.client_manager import ClientManager
-from fedproto.server.loop import LoopConfig, run_rounds
+from fedproto.server.loop import IN_PLACE_DECODE_BYTES, LoopConfig, _fit_res_tensor_type, run_rounds
 from fedproto.server.strategy import CollectedFit, FedAdam, FedAvg, FedAvgFit, WeightedSum
 
 OK = {"code": 0, "message": "Success"}
@@ -35,7 +43,7 @@ class LazyClient:
         self.num_examples = num_examples
         self.loss = loss
 
-    async def request(self, message: bytes, timeout=None, last=False) -> ClientMessage:
+    async def request_bytes(self, message: bytes, timeout=None, last=False) -> bytes:
         kind = ServerMessage.FromString(message).WhichOneof("msg")
         await asyncio.sleep(0)  # the reply comes later, as over a network
         if kind == "fit_ins":
@@ -44,7 +52,10 @@ class LazyClient:
         else:
             reply = ClientMessage(evaluate_res={"status": OK, "num_examples": self.num_examples,
                                                 "loss": self.loss})
-        return parse_reply(reply.SerializeToString())
+        return reply.SerializeToString()
+
+    async def request(self, message: bytes, timeout=None, last=False) -> ClientMessage:
+        return parse_reply(await self.request_bytes(message, timeout, last))
 
 
 def run_one_round(strategy, clients) -> tuple:
@@ -145,20 +156,33 @@ class RecordingFedAvg(FedAvg):
         return aggregator
 
 
-def test_replies_that_fail_their_checks_never_reach_the_sum():
-    model = [np.zeros((2, 3), np.float32)]
-    good = [LazyClient("good1", lambda: [np.full((2, 3), 1.0, np.float32)], 1),
-            LazyClient("good2", lambda: [np.full((2, 3), 4.0, np.float32)], 2)]
-    bad = [LazyClient("nan", lambda: [np.full((2, 3), np.nan, np.float32)], 1000),
-           LazyClient("float64", lambda: [np.full((2, 3), 1e6, np.float64)], 1000),
-           LazyClient("shape", lambda: [np.full((3, 2), 1e6, np.float32)], 1000)]
+@pytest.mark.parametrize("shape", [(2, 3), (600, 500)], ids=["parsed", "decoded-in-place"])
+def test_replies_that_fail_their_checks_never_reach_the_sum(shape):
+    assert (4 * np.prod(shape) >= IN_PLACE_DECODE_BYTES) == (shape == (600, 500))  # both decode paths
+    model = [np.zeros(shape, np.float32)]
+    swapped = shape[::-1]
+    good = [LazyClient("good1", lambda: [np.full(shape, 1.0, np.float32)], 1),
+            LazyClient("good2", lambda: [np.full(shape, 4.0, np.float32)], 2)]
+    bad = [LazyClient("nan", lambda: [np.full(shape, np.nan, np.float32)], 1000),
+           LazyClient("float64", lambda: [np.full(shape, 1e6, np.float64)], 1000),
+           LazyClient("shape", lambda: [np.full(swapped, 1e6, np.float32)], 1000)]
     strategy = RecordingFedAvg(initial_parameters=model, min_fit_clients=5, min_evaluate_clients=5,
                                min_available_clients=5)
     parameters, record, _ = run_one_round(strategy, good + bad)
     assert sorted(strategy.folded) == ["good1", "good2"]
     assert {f.cid: f.kind for f in record.fit_failures} == {
         "nan": FailureKind.NON_FINITE, "float64": FailureKind.DTYPE_MISMATCH, "shape": FailureKind.SHAPE_MISMATCH}
-    assert parameters[0].dtype == np.float32 and parameters[0].tolist() == [[3.0] * 3] * 2
+    assert parameters[0].dtype == np.float32 and (parameters[0] == 3.0).all()
+
+
+@pytest.mark.parametrize("tensor_type", ["numpy.ndarray", "cpp_double"])
+def test_a_fitres_decoded_in_place_still_tells_its_tensor_format(tensor_type):
+    update = [np.ones(300_000, np.float64)]
+    reply = ClientMessage(fit_res={"status": OK, "num_examples": 1,
+                                   "parameters": ndarrays_to_parameters(update, tensor_type=tensor_type)})
+    data = reply.SerializeToString()
+    assert _fit_res_tensor_type(data) == tensor_type == reply_tensor_type(parse_reply(data))
+    np.testing.assert_array_equal(decode_fit_res_bytes(data, update).parameters[0], update[0])
 
 
 def test_the_running_sum_refuses_a_mismatched_model_before_adding_anything():
