@@ -246,6 +246,7 @@ async def _run_round(
     if instructions:
         evaluation = strategy.begin_evaluate(server_round)
         exchange = Exchange(server_round, "evaluate", formats)
+
         def settle_evaluate(client: ClientProxy, reply: ClientMessage) -> None:  # None: it has no tensors
             evaluation.fold(client, decode_evaluate_res(reply))
 
