@@ -280,6 +280,7 @@ def run_on_superlink(prepared: Prepared, settings: Settings, start: list[np.ndar
     weights, test set, settings) and writes per-round scores to ``outcome.json`` beside it.
     Every process started here is stopped before returning; the nodes must exit 0 on SIGTERM.
     """
+    out = out.resolve()  # flwr run and flwr ls run in `work`: a relative --out would point elsewhere
     work = out / "superlink"
     home = work / "flwr_home"
     home.mkdir(parents=True, exist_ok=True)
@@ -383,7 +384,10 @@ def _stop_tree(process: subprocess.Popen) -> None:
     watch their parent's pid and exit when it is gone.
     """
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:  # it ended between poll() and now
+            return
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:

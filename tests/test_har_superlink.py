@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from fedproto.har import synthetic
 
 CHANCE = 1 / 6
+ROOT = Path(__file__).resolve().parents[1]  # where spawn() runs python
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,9 @@ def small_dataset(tmp_path_factory) -> Path:
 @pytest.mark.timeout(300)
 def test_har_on_superlink_with_fleet_nodes(spawn, small_dataset, tmp_path):
     out = tmp_path / "out"
+    relative_out = os.path.relpath(out, ROOT)  # relative, as `make run` passes it (the default "results")
     proc = spawn("har", "-m", "fedproto.har", "--data", str(small_dataset), "--clients", "2", "--rounds", "2",
-                 "--local-epochs", "1", "--hidden", "16", "--server", "superlink", "--out", str(out))
+                 "--local-epochs", "1", "--hidden", "16", "--server", "superlink", "--out", relative_out)
     code = proc.wait(timeout=280)
     assert code == 0, proc.log()[-4000:]
     results = json.loads((out / "results.json").read_text())
