@@ -51,8 +51,36 @@ class RoundClock:
             json.dump({"server": server, "clients": clients, "rounds": self.rounds}, file, indent=1)
 
 
+class TimedAggregator:
+    """Our server's per-round aggregator (results folded as they arrive), counted for the clock."""
+
+    def __init__(self, aggregator, finished) -> None:
+        self.aggregator, self.finished, self.results = aggregator, finished, 0
+
+    def fold(self, client, res) -> None:
+        self.aggregator.fold(client, res)
+        self.results += 1
+
+    def finish(self, failures):
+        return self.finished(self.results, failures, lambda: self.aggregator.finish(failures))
+
+
 def timed(fedavg: type, clock: RoundClock) -> type:
-    """A subclass of ``fedavg`` (flwr's or ours: same method names) that reports to ``clock``."""
+    """A subclass of ``fedavg`` (flwr's or ours) that reports to ``clock``.
+
+    flwr's server hands aggregate_fit/aggregate_evaluate the round's list; ours folds each
+    result into begin_fit's/begin_evaluate's aggregator as it arrives (overriding aggregate_fit
+    there would make it collect the list instead), so each is timed where it aggregates.
+    """
+
+    def fit_finished(results, failures, finish):
+        clock.fit_aggregated(results, len(failures))
+        return finish()
+
+    def evaluate_finished(results, failures, finish):
+        aggregated = finish()
+        clock.evaluate_aggregated(results, len(failures), aggregated[0])
+        return aggregated
 
     class TimedFedAvg(fedavg):
         def configure_fit(self, server_round, parameters, client_manager):
@@ -60,14 +88,21 @@ def timed(fedavg: type, clock: RoundClock) -> type:
             clock.fit_configured(server_round)
             return instructions
 
-        def aggregate_fit(self, server_round, results, failures):
-            clock.fit_aggregated(len(results), len(failures))
-            return super().aggregate_fit(server_round, results, failures)
+        if hasattr(fedavg, "begin_fit"):  # ours
+            def begin_fit(self, server_round, parameters):
+                return TimedAggregator(super().begin_fit(server_round, parameters), fit_finished)
 
-        def aggregate_evaluate(self, server_round, results, failures):
-            aggregated = super().aggregate_evaluate(server_round, results, failures)
-            clock.evaluate_aggregated(len(results), len(failures), aggregated[0])
-            return aggregated
+            def begin_evaluate(self, server_round):
+                return TimedAggregator(super().begin_evaluate(server_round), evaluate_finished)
+        else:  # flwr's
+            def aggregate_fit(self, server_round, results, failures):
+                return fit_finished(len(results), failures,
+                                    lambda: super(TimedFedAvg, self).aggregate_fit(server_round, results, failures))
+
+            def aggregate_evaluate(self, server_round, results, failures):
+                return evaluate_finished(
+                    len(results), failures,
+                    lambda: super(TimedFedAvg, self).aggregate_evaluate(server_round, results, failures))
 
     return TimedFedAvg
 
