@@ -7,8 +7,8 @@
 - ``server.transport``: the Join servicer (one coroutine per stream), TLS, message sizes.
 - ``server.client_manager``: connected clients; ``wait_for``, ``sample``.
 - ``server.loop``: the rounds (fit, evaluate, failures, checkpoints).
-- ``server.strategy``: ``Strategy`` (flwr's interface, on NumPy arrays), ``FedAvg``,
-  ``FedProx`` and ``FedAdam``.
+- ``server.strategy``: ``Strategy`` (flwr's interface, on NumPy arrays, plus per-round
+  aggregators that fold each result in as it arrives), ``FedAvg``, ``FedProx`` and ``FedAdam``.
 - ``server.history``, ``server.checkpoint``: what happened, and how to resume it.
 - ``server.cli``: the ``fedproto-server`` command.
 """
