@@ -1,0 +1,303 @@
+"""Peak memory of a Fleet node: our node vs flwr's flower-supernode and its ClientApp processes.
+
+    python -m fedproto.bench.fleet_rss                          # 1M parameters, 3 repeats per side
+    python -m fedproto.bench.fleet_rss --params 10k --params 1M --repeats 1
+
+Each run starts a real ``flower-superlink`` on a free loopback port, two nodes, and ``flwr run`` of
+``examples/superlink_app`` (message-API FedAvg, 3 rounds, both nodes in every round); the
+processes are started and stopped by ``tests/superlink_harness.py``, the interop tests' harness.
+The two sides run one after the other, alternating, each with its own SuperLink:
+
+- ours: two ``python -m fedproto.client --superlink 127.0.0.1:P --app
+  superlink_app.handlers:make_client`` (one process per node);
+- flwr: two ``flower-supernode`` running the app's ClientApp. A SuperNode starts one
+  ``flower-superexec``, which starts one ``flwr-clientapp`` process per message (train or
+  evaluate) and lets it exit after the reply.
+
+Both sides run the same arithmetic (``superlink_app/arithmetic.py``), with the same defaults
+(3 s between a node's empty pulls). The model is the app's (a 3x2 float64 and a 4-element float32
+tensor) plus a float32 tensor of ``extra-elements`` (run config) that brings it to the chosen
+parameter count. A run counts only if its status is ``finished:completed`` and the final global
+model equals FedAvg computed here independently (1e-6); anything else is an error, not a number.
+
+Measured per node: every process of the node (the process started and all its descendants) is
+read every ``--sample-interval`` seconds from ``/proc/PID/status``; a process's peak is its
+``VmHWM`` (the kernel's high-water mark of its resident set) at the last reading before it exits,
+and the nodes are read once more after the run, before they are stopped. Per node the JSON has:
+- ``processes``: each process's role (node, SuperNode, SuperExec, ClientApp) and peak;
+- ``sum_kib``: the sum of the peaks of the processes that run side by side: ours the node alone;
+  flwr's SuperNode + SuperExec + the largest ClientApp peak (its ClientApps run one at a time:
+  ``most_clientapps_at_once`` is what the readings saw);
+- ``tree_peak_kib``: the largest sum of the node's processes' current ``VmRSS`` in one reading.
+Peaks include the interpreter and its imports. A process whose resident set grows in the last
+interval before it exits is under-read (a ClientApp is the SuperExec's child, so its rusage
+cannot be read here when it exits: polling is the way to see it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from fedproto.bench import report
+from fedproto.bench.loadgen import positive_int
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples" / "superlink_app")]
+from superlink_app.arithmetic import expected_fedavg  # noqa: E402
+from superlink_harness import Harness, Process  # noqa: E402
+
+log = logging.getLogger("fedproto.bench.fleet_rss")
+
+PARAMS = {"10k": 10_000, "1M": 1_000_000, "10M": 10_000_000}
+BASE_ELEMENTS = 10  # the app's model without extra-elements: 3x2 float64 + 4 float32
+NODES = 2
+SIDES = ("ours", "flwr")
+OUR_APP = "superlink_app.handlers:make_client"
+NODE_STOP_TIMEOUT = 30.0
+
+
+class RunFailed(RuntimeError):
+    """A run that did not complete its work: its numbers are not reported."""
+
+
+def read_memory_kib(pid: int) -> tuple[int, int] | None:
+    """(VmHWM, VmRSS) of a process in KiB, or None once it has exited (or is a zombie)."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    key, value = line.split()[:2]
+                    values[key] = int(value)
+    except OSError:
+        return None
+    if len(values) < 2:
+        return None
+    return values["VmHWM:"], values["VmRSS:"]
+
+
+class NodeMemory:
+    """The peak memory of every process of one node: the process started and its descendants."""
+
+    def __init__(self, process: Process) -> None:
+        self.name = process.name
+        self.root = psutil.Process(process.popen.pid)
+        self.peaks: dict[tuple[int, str], int] = {}  # (pid, role) -> VmHWM KiB
+        self.tree_peak_kib = 0
+        self.most_clientapps_at_once = 0
+
+    def _role(self, proc: psutil.Process) -> str:
+        """What a process is, from its command line. A child between fork and exec still shows
+        its parent's command line, so it is "other" until it has become what it runs."""
+        command = " ".join(proc.cmdline())
+        if proc.pid == self.root.pid:
+            return "SuperNode" if "flower-supernode" in command else "node"
+        if "flwr-clientapp" in command:
+            return "ClientApp"
+        if "flower-superexec" in command and proc.ppid() == self.root.pid:
+            return "SuperExec"
+        return "other"
+
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        tree_rss = clientapps = 0
+        for proc in procs:
+            try:
+                role = self._role(proc)
+            except psutil.Error:  # exited while being read
+                continue
+            memory = read_memory_kib(proc.pid)
+            if memory is None or role == "other":
+                continue
+            hwm, rss = memory
+            key = (proc.pid, role)
+            self.peaks[key] = max(self.peaks.get(key, 0), hwm)
+            tree_rss += rss
+            clientapps += role == "ClientApp"
+        self.tree_peak_kib = max(self.tree_peak_kib, tree_rss)
+        self.most_clientapps_at_once = max(self.most_clientapps_at_once, clientapps)
+
+    def result(self) -> dict:
+        processes = [{"pid": pid, "role": role, "peak_kib": peak}
+                     for (pid, role), peak in sorted(self.peaks.items())]
+        by_role: dict[str, list[int]] = {}
+        for entry in processes:
+            by_role.setdefault(entry["role"], []).append(entry["peak_kib"])
+        # Processes that run side by side: one of each role (ClientApps run one at a time).
+        total = sum(max(peaks) for peaks in by_role.values())
+        return {"node": self.name, "processes": processes,
+                "peak_kib_by_role": {role: max(peaks) for role, peaks in by_role.items()},
+                "clientapp_processes": len(by_role.get("ClientApp", [])),
+                "most_clientapps_at_once": self.most_clientapps_at_once,
+                "sum_kib": total, "tree_peak_kib": self.tree_peak_kib}
+
+
+def start_nodes(harness: Harness, side: str) -> list[Process]:
+    if side == "ours":
+        return [harness.start_fedproto_node(f"node{client}", OUR_APP, env={"FLEET_CLIENT": str(client)})
+                for client in range(NODES)]
+    return [harness.start_supernode(f"supernode{client}", f"client={client}") for client in range(NODES)]
+
+
+def run_one(side: str, parameters: int, rounds: int, workdir: Path, timeout: float,
+            sample_interval: float) -> dict:
+    """One SuperLink, two nodes of one side and one flwr run; everything stopped before returning."""
+    extra = parameters - BASE_ELEMENTS
+    harness = Harness(workdir)
+    result_dir = workdir / "result"
+    started = time.monotonic()
+    try:
+        harness.start_superlink()
+        nodes = start_nodes(harness, side)
+        memories = [NodeMemory(node) for node in nodes]
+        run = harness.start_run("run", run_config={
+            "strategy": "message", "num-rounds": rounds, "min-nodes": NODES, "extra-elements": extra,
+            "poll-interval": 0.2, "result-dir": str(result_dir)})
+        deadline = started + timeout
+        while run.popen.poll() is None:
+            for memory in memories:
+                memory.sample()
+            if time.monotonic() > deadline:
+                raise RunFailed(f"{side}: flwr run did not end within {timeout:.0f} s; logs in {workdir}")
+            time.sleep(sample_interval)
+        for memory in memories:
+            memory.sample()
+        try:
+            outcome = harness.finish_run(run, timeout=10)
+        except RuntimeError as error:
+            raise RunFailed(f"{side}: {error}") from None
+        if outcome.status != "finished:completed":
+            raise RunFailed(f"{side}: run {outcome.run_id} is {outcome.status} ({outcome.details}); "
+                            f"logs in {workdir}")
+        _check_model(side, result_dir, rounds, extra)
+        for node in nodes:
+            _stop_node(side, node)
+    finally:
+        harness.stop_all()
+    return {"side": side, "parameters": parameters, "rounds": rounds,
+            "wall_seconds": round(time.monotonic() - started, 1),
+            "nodes": [memory.result() for memory in memories]}
+
+
+def _stop_node(side: str, node: Process) -> None:
+    """SIGTERM, the documented way to end both kinds of node; ours must then exit 0."""
+    if side == "flwr":
+        node.stop()
+        return
+    node.popen.send_signal(signal.SIGTERM)
+    code = node.wait(NODE_STOP_TIMEOUT)
+    if code != 0:
+        raise RunFailed(f"ours: {node.name} exited with {code} after SIGTERM; see {node.log_path}")
+
+
+def _check_model(side: str, result_dir: Path, rounds: int, extra: int) -> None:
+    """The ServerApp's final model must be FedAvg of both nodes in every round."""
+    with np.load(result_dir / "final_arrays.npz") as npz:
+        arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    expected = expected_fedavg([list(range(NODES))] * rounds, extra_elements=extra)
+    if [a.shape for a in arrays] != [e.shape for e in expected] or not all(
+            np.allclose(a, e, rtol=0, atol=1e-6) for a, e in zip(arrays, expected)):
+        raise RunFailed(f"{side}: the final model is not the FedAvg of both nodes over {rounds} rounds")
+
+
+def collect(labels: list[str], repeats: int, rounds: int, timeout: float, sample_interval: float,
+            workdir: Path) -> dict:
+    runs = []
+    for label in labels:
+        for repeat in range(repeats):
+            for side in SIDES if repeat % 2 == 0 else reversed(SIDES):
+                run = run_one(side, PARAMS[label], rounds, workdir / f"{label}-{repeat}-{side}", timeout,
+                              sample_interval)
+                runs.append({"label": label, "repeat": repeat, **run})
+                log.info("%s #%d %s: per node sum %s MiB (%.0f s)", label, repeat + 1, side,
+                         ", ".join(f"{node['sum_kib'] / 1024:.1f}" for node in run["nodes"]),
+                         run["wall_seconds"])
+    return {"benchmark": "fleet_rss", "nodes_per_run": NODES, "rounds": rounds, "repeats": repeats,
+            "sample_interval": sample_interval, "runs": runs}
+
+
+def _per_node(result: dict, label: str, side: str, value) -> list[float]:
+    """value(node) in MiB for every node of every run of this label and side."""
+    return [value(node) / 1024 for run in result["runs"] if run["label"] == label and run["side"] == side
+            for node in run["nodes"]]
+
+
+def format_table(result: dict) -> str:
+    """Per node, median (min-max) over every node of every repeat, MiB."""
+    lines = ["| parameters | ours: node | flwr: SuperNode | SuperExec | ClientApp (largest) "
+             "| flwr sum | flwr sum / ours | flwr tree peak (sampled) | ClientApps per node |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label in dict.fromkeys(run["label"] for run in result["runs"]):
+        ours = _per_node(result, label, "ours", lambda node: node["sum_kib"])
+        role = {name: _per_node(result, label, "flwr", lambda node, n=name: node["peak_kib_by_role"].get(n, 0))
+                for name in ("SuperNode", "SuperExec", "ClientApp")}
+        flwr_sum = _per_node(result, label, "flwr", lambda node: node["sum_kib"])
+        tree = _per_node(result, label, "flwr", lambda node: node["tree_peak_kib"])
+        clientapps = sorted({node["clientapp_processes"] for run in result["runs"]
+                             if run["label"] == label and run["side"] == "flwr" for node in run["nodes"]})
+        lines.append(f"| {label} | {report.spread(ours, '.1f')} | {report.spread(role['SuperNode'], '.1f')} "
+                     f"| {report.spread(role['SuperExec'], '.1f')} | {report.spread(role['ClientApp'], '.1f')} "
+                     f"| {report.spread(flwr_sum, '.1f')} "
+                     f"| {statistics.median(flwr_sum) / statistics.median(ours):.2f}x "
+                     f"| {report.spread(tree, '.1f')} | {', '.join(map(str, clientapps))} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fedproto.bench.fleet_rss", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", choices=PARAMS, action="append",
+                        help="model size in parameters (repeatable; default: 1M)")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="runs per size and side (default %(default)s)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="FedAvg rounds per run (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds one run may take, start to end (default %(default)s)")
+    parser.add_argument("--sample-interval", type=float, default=0.02, metavar="SECONDS",
+                        help="seconds between two readings of /proc (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fleet_rss.json",
+                        help="the JSON file to write (default bench/results/fleet_rss.json)")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="keep every process log here instead of in a temporary directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    command = " ".join(["python -m fedproto.bench.fleet_rss", *(argv if argv is not None else sys.argv[1:])])
+    machine = report.machine()
+    started = time.monotonic()
+    labels = args.params or ["1M"]
+    workdir = args.keep_logs or Path(tempfile.mkdtemp(prefix="fedproto-fleet-rss-"))
+    try:
+        result = collect(labels, args.repeats, args.rounds, args.timeout, args.sample_interval, workdir)
+    except RuntimeError as error:  # RunFailed, or the harness: a process that did not start
+        log.error("%s\nprocess logs kept in %s", error, workdir)
+        return 1
+    if not args.keep_logs:
+        shutil.rmtree(workdir)
+    result.update(machine=machine, command=command, seconds=round(time.monotonic() - started, 1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"Peak RSS per Fleet node, MiB, median (min-max) over {NODES} nodes x {args.repeats} runs; "
+          f"{args.rounds} rounds of message-API FedAvg on flower-superlink")
+    print(format_table(result))
+    print(f"\nMeasured {report.describe(machine)}; `{command}`. Raw numbers: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
