@@ -71,7 +71,7 @@ def codec_section(result: dict) -> str:
         "GB/s of payload: median of the repeats (min-max). *ours speed / flwr* above 1 means ours is faster. "
         "Encode: ndarrays -> wire bytes (ours: the edge client's `ClientSession.receive_bytes`; flwr: "
         "`ndarrays_to_parameters` + `serde.fit_res_to_proto`). Decode: wire bytes -> ndarrays (ours: "
-        "`server_role.decode_fit_res`; flwr: `serde.fit_res_from_proto` + `parameters_to_ndarrays`). "
+        "`server_role.decode_fit_res_bytes`, read-only views of the tensors in the wire bytes; flwr: `serde.fit_res_from_proto` + `parameters_to_ndarrays`). "
         "memcpy: `numpy.ndarray.copy` of the same bytes, same run.",
         "",
         codec.format_table(result),
