@@ -26,8 +26,8 @@ read every ``--sample-interval`` seconds from ``/proc/PID/status``; a process's 
 and the nodes are read once more after the run, before they are stopped. Per node the JSON has:
 - ``processes``: each process's role (node, SuperNode, SuperExec, ClientApp) and peak;
 - ``sum_kib``: the sum of the peaks of the processes that run side by side: ours the node alone;
-  flwr's SuperNode + SuperExec + the largest ClientApp peak (its ClientApps run one at a time:
-  ``most_clientapps_at_once`` is what the readings saw);
+  flwr's SuperNode + SuperExec + the largest ClientApp peak (its ClientApps run one at a time,
+  except an occasional extra one: ``most_clientapps_at_once`` is what the readings saw);
 - ``tree_peak_kib``: the largest sum of the node's processes' current ``VmRSS`` in one reading.
 Peaks include the interpreter and its imports. A process whose resident set grows in the last
 interval before it exits is under-read (a ClientApp is the SuperExec's child, so its rusage
