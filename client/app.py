@@ -190,6 +190,7 @@ def _join_once(
                 outbox.put(session.receive_bytes(server_bytes))
                 answered += 1
                 _log_exchange(session, len(server_bytes), started)
+                del server_bytes  # it may hold a whole model: not kept while the next message arrives
                 if session.state is not State.JOINED:
                     break  # we just sent DisconnectRes: nothing more goes on this stream
                 silence = _SilenceAlarm(inbox, idle_timeout)
