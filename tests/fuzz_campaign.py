@@ -51,19 +51,7 @@ def one_input(target: str):
     from fedproto.codec import bytes_to_ndarray
     from fedproto.dispatch import ClientSession
     from fedproto.errors import FedprotoError
-
-    class EchoHandler:
-        def get_properties(self, config):
-            return {"n": 1}
-
-        def get_parameters(self, config):
-            return [np.zeros(2, np.float32)]
-
-        def fit(self, parameters, config):
-            return parameters, 1, {}
-
-        def evaluate(self, parameters, config):
-            return 0.5, 1, {}
+    from test_codec_properties import EchoHandler  # the suite's handler: the fuzzing is of the wire
 
     model = [np.zeros((2, 3), np.float32)]
     decoders = (lambda r: server_role.decode_fit_res(r, model), server_role.decode_evaluate_res,
