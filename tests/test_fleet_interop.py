@@ -236,8 +236,8 @@ def test_tls(superlink_harness, tls_files, tmp_path):
 def test_superlink_restart_mid_run_node_registers_again(superlink_harness, tmp_path):
     """The SuperLink (in-memory state) dies during a run and comes back on the same port.
 
-    The new SuperLink does not know any node. flwr's SuperNode (1.42) then ends itself with exit
-    code 0 ("SuperNode terminated gracefully"); ours registers and activates again with the same
+    The new SuperLink does not know any node. flwr's SuperNode (1.42) then ends itself (exit code
+    0, "SuperNode terminated gracefully", or killed by the SIGINT it sent itself); ours registers and activates again with the same
     key (fedproto/node.py, invariant 6) and serves the next run without a restart.
     """
     harness = superlink_harness()
@@ -252,7 +252,10 @@ def test_superlink_restart_mid_run_node_registers_again(superlink_harness, tmp_p
         assert first.popen.poll() is None, f"flwr run ended early\n{harness.logs()}"
         time.sleep(0.2)
     harness.restart_superlink(down_seconds=2.0)
-    assert supernode.wait(60) == 0, harness.logs()
+    # flwr's SuperNode sends itself SIGINT on a 401 (http_retry.py); it then exits 0, unless that
+    # interrupt lands in its own shutdown (flower_supernode.py stop_http_server), which ends it
+    # by SIGINT (-2). Either way it ended on its own: the test never signals it.
+    assert supernode.wait(60) in (0, -signal.SIGINT), harness.logs()
     assert all(node.popen.poll() is None for node in nodes), harness.logs()
     report, arrays = run(harness, tmp_path, "after_restart", strategy="message",
                          **{"num-rounds": 1})
