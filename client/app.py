@@ -200,6 +200,9 @@ def _join_once(
             if silence.rang.is_set():
                 return StreamEnd(answered, f"the server sent nothing for {idle_timeout:g} s (idle timeout)")
             return StreamEnd(answered, _describe(error))
+        except ProtocolError:
+            inbox.cancel()  # we leave on our own: end the call before the channel closes under it
+            raise
         finally:
             silence.stop()
             outbox.put(None)
