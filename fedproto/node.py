@@ -478,6 +478,12 @@ class NodeSession:
         if self.state in (S.IDLE, S.REGISTER):
             self._clear_message()
 
+    def abandon(self) -> None:
+        """The transport gives up on the last Send without an answer (it is leaving, or the
+        SuperLink stayed unreachable): the session is as it was before that request."""
+        self._check_usable()
+        self._take_awaiting()
+
     def handler_finished(self, result: Any, now: float) -> None:
         """The value ``RunHandler.run()`` returned, once the worker thread is done."""
         self._check_usable()
