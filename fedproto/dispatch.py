@@ -10,14 +10,15 @@ Invariants
 1. The server speaks first. Every ServerMessage gets exactly one ClientMessage, in order.
 2. ReconnectIns is the last message of a stream. After answering it with DisconnectRes the
    client sends nothing more on that stream and closes it.
-3. The user's handler sees only NumPy arrays and dicts of Python scalars, never protobuf. Its
-   ``parameters`` are its own writable arrays, each copied once out of the received bytes, so
-   writing into them (training in place) changes nothing else.
+3. The user's handler sees only NumPy arrays and dicts of Python scalars, never protobuf. It is
+   called through ``fedproto.handler``, as on the Fleet API: its ``parameters`` are its own
+   writable arrays, each copied once out of the received bytes, so writing into them (training
+   in place) changes nothing else.
 4. A handler that lacks a method, raises, or returns the wrong shape never breaks the stream:
    the reply carries a non-OK ``Status``. The contract has no generic error code, so the
-   method's ``*_NOT_IMPLEMENTED`` code is used and ``Status.message`` says what happened
-   ("Client does not implement `fit`", "fit raised ValueError: ...", "fit returned an invalid
-   result: FitRes.num_examples: ..."). flwr's server counts any non-OK reply as a failure
+   method's ``*_NOT_IMPLEMENTED`` code is used and ``Status.message`` is ``fedproto.handler``'s
+   text ("Client does not implement `fit`", "fit raised ValueError: ...", "fit returned an
+   invalid result: num_examples: ..."). flwr's server counts any non-OK reply as a failure
    for that round and keeps the client.
 5. Input that is not a valid ServerMessage (undecodable bytes, no oneof set, a tensor that is
    not a plain .npy) raises :class:`ProtocolError`; the transport must end the stream.
@@ -54,8 +55,6 @@ in ERROR and refuses everything, as h11 and h2 do: the transport must end the st
 from __future__ import annotations
 
 import enum
-import logging
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -63,12 +62,9 @@ from google.protobuf.message import DecodeError
 from fedproto import framing
 from fedproto.codec import TENSOR_TYPE, CodecError, scalars_from_proto, scalars_to_proto
 from fedproto.errors import FedprotoError
-from fedproto.handler import HandlerError, check_count, check_loss, unpack_result
+from fedproto.handler import TAKES_ARRAYS, Call, HandlerFailure, Result, serve
 from fedproto.tensor_formats import EncodedTensors, decode_tensors, encode_tensors
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage, Status
-
-log = logging.getLogger(__name__)
-
 
 class State(enum.Enum):
     JOINED = "joined"  # stream open, waiting for the next instruction
@@ -79,8 +75,6 @@ class State(enum.Enum):
 
 class ProtocolError(FedprotoError):
     """The server sent something that is not a valid instruction; the stream must end."""
-
-
 
 
 class Transition(NamedTuple):
@@ -215,78 +209,55 @@ class ClientSession:
 
     def _answer(self, message: ServerMessage, reply_field: str,
                 tensors: list | None) -> tuple[ClientMessage, EncodedTensors | None]:
-        """Call the user's handler for an instruction; a handler failure is a non-OK Status."""
+        """Call the user's handler (``fedproto.handler``); a handler failure is a non-OK Status."""
         kind = message.WhichOneof("msg")
         spec = INSTRUCTIONS[kind]
         try:
-            arguments = _decode_arguments(kind, getattr(message, kind), tensors)
+            call = _decode_call(spec.method, getattr(message, kind), tensors)
         except CodecError as error:
             raise ProtocolError(f"{spec.ins_name}.{error}") from None
-
-        method: Callable[..., Any] | None = getattr(self.handler, spec.method, None)
-        if method is None:
-            return _failure(spec, reply_field, f"Client does not implement `{spec.method}`"), None  # flwr's text
-        try:
-            result = method(*arguments)
-        except Exception as error:  # the user's code: report it, keep the stream alive
-            log.exception("%s raised", spec.method)
-            return _failure(spec, reply_field, f"{spec.method} raised {type(error).__name__}: {error}"), None
-        del arguments  # the received tensors: free them before the reply's are built
         reply = ClientMessage()
-        try:
-            tensors_out = _fill_reply(kind, result, getattr(reply, reply_field), spec.res_name)
-        except (CodecError, HandlerError) as error:
-            log.error("%s returned an invalid result: %s", spec.method, error)
-            return _failure(spec, reply_field, f"{spec.method} returned an invalid result: {error}"), None
-        return reply, tensors_out
+        body = getattr(reply, reply_field)
+        answered = serve(self.handler, call, lambda result: _fill_reply(spec.method, result, body))
+        if isinstance(answered, HandlerFailure):  # invariant 4: a reply with only a non-OK Status
+            status = Status(code=spec.failure_code, message=answered.reason)
+            return ClientMessage(**{reply_field: {"status": status}}), None
+        return reply, answered
 
 
-def _failure(spec: Instruction, reply_field: str, text: str) -> ClientMessage:
-    """A reply whose only content is a non-OK Status (invariant 4)."""
-    status = Status(code=spec.failure_code, message=text)
-    return ClientMessage(**{reply_field: {"status": status}})
+def _decode_call(method: str, ins: Any, tensors: list | None) -> Call:
+    """The instruction as a handler call: its config and, for fit/evaluate, its tensors.
 
-
-def _decode_arguments(kind: str, ins: Any, tensors: list | None) -> tuple[Any, ...]:
-    """The instruction's fields as the handler's arguments: (config,) or (parameters, config).
-
-    The handler's arrays are its own: each .npy tensor is decoded as a read-only view of the
-    received bytes and then copied once, so a handler may train in place (as with flwr) without
-    touching the message. An array a format already built anew (cpp_double) is not copied again.
+    Each .npy tensor is a read-only view of the received bytes; ``fedproto.handler`` gives the
+    handler its own copy.
     """
     config = scalars_from_proto(ins.config, "config")
-    if kind in ("fit_ins", "evaluate_ins"):
-        received = ins.parameters.tensors if tensors is None else tensors
-        arrays = decode_tensors(received, ins.parameters.tensor_type, "parameters")
-        return [a if a.flags.writeable else a.copy(order="K") for a in arrays], config
-    return (config,)
+    if method not in TAKES_ARRAYS:
+        return Call(method, config)
+    received = ins.parameters.tensors if tensors is None else tensors
+    return Call(method, config, decode_tensors(received, ins.parameters.tensor_type, "parameters"))
 
 
-def _fill_reply(kind: str, result: Any, body: Any, res: str) -> EncodedTensors | None:
-    """Write the handler's return value into the reply ``body``, with status OK; return its tensors.
+def _fill_reply(method: str, result: Result, body: Any) -> EncodedTensors | None:
+    """Write the handler's checked result into the reply ``body``, with status OK; return its tensors.
 
     The tensors are checked here but stay apart from the reply (views of the handler's arrays):
     ``receive_bytes`` writes them into the reply's bytes in one pass (``fedproto.framing``), so
     each is copied once. With models of millions of parameters, every extra copy shows in the
-    edge client's peak memory.
+    edge client's peak memory. Only what a Join reply forces is checked here: a Scalar holds
+    bool, bytes, float, int or str.
     """
     body.status.code, body.status.message = Code.OK, "Success"  # the text flwr's NumPyClient sends
-    if kind == "get_properties_ins":
-        body.MergeFrom(type(body)(properties=scalars_to_proto(result, f"{res}.properties")))
+    if method == "get_properties":
+        body.MergeFrom(type(body)(properties=scalars_to_proto(result.metrics, "properties")))
         return None
-    if kind == "get_parameters_ins":
-        tensors = encode_tensors(result, TENSOR_TYPE, f"{res}.parameters")
+    tensors = None
+    if method in ("get_parameters", "fit"):
+        tensors = encode_tensors(result.parameters, TENSOR_TYPE, "parameters")
         body.parameters.tensor_type = TENSOR_TYPE
-        return tensors
-    if kind == "fit_ins":
-        arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
-        tensors = encode_tensors(arrays, TENSOR_TYPE, f"{res}.parameters")
-        body.parameters.tensor_type = TENSOR_TYPE
-        body.num_examples = check_count(num_examples, f"{res}.num_examples")
-        body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
-        return tensors
-    loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
-    body.loss = check_loss(loss, f"{res}.loss")
-    body.num_examples = check_count(num_examples, f"{res}.num_examples")
-    body.MergeFrom(type(body)(metrics=scalars_to_proto(metrics, f"{res}.metrics")))
-    return None
+    if method == "evaluate":
+        body.loss = result.loss
+    if method in ("fit", "evaluate"):
+        body.num_examples = result.num_examples
+        body.MergeFrom(type(body)(metrics=scalars_to_proto(result.metrics, "metrics")))
+    return tensors

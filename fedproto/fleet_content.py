@@ -34,9 +34,15 @@ WARNING. The ServerApp aggregates only replies whose MetricRecords have identica
 (``InconsistentMessageReplies`` otherwise, and the round's aggregate is skipped): a handler must
 return the same metric keys from every node in a round, whatever its data says.
 
+Calling the handler is ``fedproto.handler``'s, as on the Join stream: the handler gets its own
+writable arrays, and its result is checked there. This module only decodes the layouts and lays
+out the checked result; it checks only what a layout forces (one array per received key of a
+message-API ArrayRecord; the value kinds of a MetricRecord or ConfigRecord).
+
 Errors. A handler that lacks the method, raises, or returns something that does not fit the
 reply becomes a reply with ``Message.error``: code 2 (``CLIENT_APP_RAISED_EXCEPTION``, what
-flwr's ClientApp sends when user code raises) and a reason like ``fit raised ValueError: ...``.
+flwr's ClientApp sends when user code raises) and ``fedproto.handler``'s reason, the same text
+the Join stream sends, e.g. ``fit raised ValueError: ...``.
 The ServerApp counts a failure for this node; the others aggregate; the node goes on. A message
 whose content fits neither layout gets the same kind of error reply. Only hostile input
 (objects that do not decode) raises: :class:`fedproto.objects.ObjectError`.
@@ -46,17 +52,16 @@ from __future__ import annotations
 
 import logging
 import numbers
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from fedproto import objects
 from fedproto.codec import TENSOR_TYPE, CodecError
-from fedproto.errors import FedprotoError
-from fedproto.handler import HandlerError, check_count, check_loss, unpack_result
 from fedproto.error_pb2 import Error
-from fedproto.message_pb2 import Message, Metadata, ObjectTree
+from fedproto.handler import Call, HandlerError, HandlerFailure, Result, serve
+from fedproto.message_pb2 import Metadata
+from fedproto.text import bound_text
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +71,26 @@ EVAL_LOSS = "eval_loss"  # where flwr's app templates put evaluate's loss
 LEGACY_STATUS_OK = {"code": 0, "message": "Success"}  # Code.OK and the text flwr's NumPyClient sends
 EMPTY_TENSOR_KEY = "_empty"  # recorddict_compat: an ArrayRecord standing for zero tensors
 
+MESSAGE_API_LAYOUT, LEGACY_LAYOUT = "message-api", "legacy"
 
 
-@dataclass(frozen=True)
-class Instruction:
-    """A decoded message: which handler method to call, with what, and how to lay out the reply."""
+class Instruction(NamedTuple):
+    """A decoded message: the handler call it asks for and how to lay out the reply.
 
-    message_type: str
-    layout: str  # "message-api", "legacy" or "unsupported"
-    method: str  # handler method name ("" if unsupported)
-    arrays: list[np.ndarray] = field(default_factory=list)
-    array_keys: list[str] = field(default_factory=list)
-    array_record: str = ""  # name of the instruction's ArrayRecord (message API)
-    config: dict[str, Any] = field(default_factory=dict)
-    problem: str = ""  # why the message is unsupported
+    ``call`` is None when the content fits no layout; ``problem`` then says why.
+    """
+
+    layout: str  # MESSAGE_API_LAYOUT or LEGACY_LAYOUT
+    call: Call | None
+    array_keys: list[str]  # the keys of the instruction's ArrayRecord, in order
+    array_record: str = ""  # message API: the name of the instruction's ArrayRecord
+    problem: str = ""
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What goes into the reply: content records, or an error reason (never both)."""
+class Answer(NamedTuple):
+    """What goes into the reply: the deflated content records, or an error reason (never both)."""
 
-    records: dict[str, objects.Record] = field(default_factory=dict)
+    content: objects.DeflatedContent | None
     error: str = ""
 
 
@@ -99,130 +103,130 @@ LEGACY = {
     "getparametersins": ("get_parameters", "getparametersres"),
     "getpropertiesins": ("get_properties", "getpropertiesres"),
 }
+LEGACY_REPLY = {method: reply for method, reply in LEGACY.values()}
 MESSAGE_API = {"train": "fit", "evaluate": "evaluate", "query": "get_properties"}
 
 
-def read_instruction(message: Message, tree: ObjectTree, pulled: dict[str, bytes]) -> Instruction:
-    """The instruction a pulled message carries (raises ObjectError if its objects do not decode)."""
-    inflated = objects.inflate_message(tree, pulled)
-    message_type = message.metadata.message_type
-    if inflated.content is None:  # a ServerApp does not send errors to nodes
-        return Instruction(message_type, "unsupported", "", problem="the message carries an error, no content")
+def read_instruction(message: objects.InflatedMessage) -> Instruction:
+    """The handler call an inflated message asks for (ObjectError: an Array whose .npy we refuse)."""
+    if message.content is None:  # a ServerApp does not send errors to nodes
+        return Instruction(MESSAGE_API_LAYOUT, None, [], problem="the message carries an error, no content")
     try:
-        return _instruction(message_type, inflated.content)
+        return _instruction(message.metadata.message_type, message.content)
     except CodecError as error:  # an Array whose .npy we refuse (dtype, shape): hostile data
-        raise objects.ObjectError(message.metadata.message_id, str(error)) from None
+        raise objects.ObjectError(message.message_id, str(error)) from None
 
 
-def _instruction(message_type: str, content: dict[str, objects.Record]) -> Instruction:
+def _instruction(message_type: str, content: objects.RecordDict) -> Instruction:
     names = set(content)
     for prefix, (method, _) in LEGACY.items():
-        if f"{prefix}.config" in names:
-            config = dict(content[f"{prefix}.config"])
-            if prefix in ("fitins", "evaluateins"):
-                record = content.get(f"{prefix}.parameters")
-                if not isinstance(record, objects.ArrayRecord):
-                    return _unsupported(message_type, content, f"{prefix}.parameters is not an ArrayRecord")
-                keys = [key for key in record if key != EMPTY_TENSOR_KEY]
-                if not all(key.isdigit() for key in keys):
-                    return _unsupported(message_type, content, f"{prefix}.parameters keys are not 0, 1, ...")
-                keys.sort(key=int)
-                arrays = [record[key].to_numpy(f"{prefix}.parameters[{key!r}]") for key in keys]
-                return Instruction(message_type, "legacy", method, arrays, keys, config=config)
-            return Instruction(message_type, "legacy", method, config=config)
+        if f"{prefix}.config" not in names:
+            continue
+        config = dict(content[f"{prefix}.config"])
+        if method not in ("fit", "evaluate"):
+            return Instruction(LEGACY_LAYOUT, Call(method, config), [])
+        record = content.get(f"{prefix}.parameters")
+        if not isinstance(record, objects.ArrayRecord):
+            return _unsupported(LEGACY_LAYOUT, content, f"{prefix}.parameters is not an ArrayRecord")
+        keys = [key for key in record if key != EMPTY_TENSOR_KEY]
+        if not all(key.isdigit() for key in keys):
+            return _unsupported(LEGACY_LAYOUT, content, f"{prefix}.parameters keys are not 0, 1, ...")
+        keys.sort(key=int)
+        arrays = [record[key].to_numpy(f"{prefix}.parameters[{key!r}]") for key in keys]
+        return Instruction(LEGACY_LAYOUT, Call(method, config, arrays), keys)
 
     method = MESSAGE_API.get(message_type)
     array_records = [name for name, record in content.items() if isinstance(record, objects.ArrayRecord)]
     config_records = [name for name, record in content.items() if isinstance(record, objects.ConfigRecord)]
     if method is None:
-        return _unsupported(message_type, content, f"message type {message_type!r} is not train/evaluate/query")
+        return _unsupported(MESSAGE_API_LAYOUT, content,
+                            f"message type {bound_text(message_type)!r} is not train/evaluate/query")
     if len(config_records) > 1:
-        return _unsupported(message_type, content, "more than one ConfigRecord")
+        return _unsupported(MESSAGE_API_LAYOUT, content, "more than one ConfigRecord")
     config = dict(content[config_records[0]]) if config_records else {}
     if method == "get_properties":
-        return Instruction(message_type, "message-api", method, config=config)
+        return Instruction(MESSAGE_API_LAYOUT, Call(method, config), [])
     if len(array_records) != 1:
-        return _unsupported(message_type, content, f"{len(array_records)} ArrayRecords, expected 1")
+        return _unsupported(MESSAGE_API_LAYOUT, content, f"{len(array_records)} ArrayRecords, expected 1")
     name = array_records[0]
-    keys = list(content[name])
-    arrays = [content[name][key].to_numpy(f"{name}[{key!r}]") for key in keys]
-    return Instruction(message_type, "message-api", method, arrays, keys, name, config)
+    record = content[name]
+    keys = list(record)
+    arrays = [record[key].to_numpy(f"{bound_text(name)}[{bound_text(key)!r}]") for key in keys]
+    return Instruction(MESSAGE_API_LAYOUT, Call(method, config, arrays), keys, name)
 
 
-def _unsupported(message_type: str, content: dict[str, objects.Record], problem: str) -> Instruction:
-    records = ", ".join(f"{name} ({type(record).__name__})" for name, record in content.items()) or "none"
-    return Instruction(message_type, "unsupported", "", problem=f"{problem}; records: {records}")
+def _unsupported(layout: str, content: objects.RecordDict, problem: str) -> Instruction:
+    """A message no layout serves; its records are named (bounded: the names are the peer's)."""
+    shown = list(content.items())[:8]
+    records = ", ".join(f"{bound_text(name, 60)} ({type(record).__name__})" for name, record in shown) or "none"
+    if len(content) > len(shown):
+        records += f", ... ({len(content) - len(shown)} more)"
+    return Instruction(layout, None, [], problem=f"{problem}; records: {records}")
 
 
 # ---- answering (runs on the transport's worker thread) -----------------------------------------
 
 
-def answer(handler: Any, instruction: Instruction) -> Answer:
-    """Call the handler and lay out its result. Never raises: failures become ``Answer.error``."""
-    if instruction.layout == "unsupported":
-        return Answer(error=f"unsupported message: {instruction.problem}")
-    method = getattr(handler, instruction.method, None)
-    if method is None:
-        return Answer(error=f"Client does not implement `{instruction.method}`")
-    arguments = (instruction.config,)
-    if instruction.method in ("fit", "evaluate"):
-        arguments = (instruction.arrays, instruction.config)
-    try:
-        result = method(*arguments)
-    except Exception as error:  # the user's code: report it, keep the node alive
-        log.exception("%s raised", instruction.method)
-        return Answer(error=f"{instruction.method} raised {type(error).__name__}: {error}")
-    try:
-        if instruction.layout == "legacy":
-            return Answer(_legacy_reply(instruction, result))
-        return Answer(_message_api_reply(instruction, result))
-    except FedprotoError as error:  # HandlerError, CodecError, ObjectError
-        log.error("%s returned an invalid result: %s", instruction.method, error)
-        return Answer(error=f"{instruction.method} returned an invalid result: {error}")
+def answer(handler: object, instruction: Instruction) -> Answer:
+    """Call the handler and deflate its reply's content. Never raises: failures become ``Answer.error``.
+
+    The content's objects are hashed here, on the worker thread, so that a large reply does not
+    hold up the heartbeats of the transport's loop.
+    """
+    if instruction.call is None:
+        return Answer(None, f"unsupported message: {instruction.problem}")
+
+    def build(result: Result) -> objects.DeflatedContent:
+        if instruction.layout == LEGACY_LAYOUT:
+            records = _legacy_reply(instruction.call.method, result)  # type: ignore[union-attr]
+        else:
+            records = _message_api_reply(instruction, result)
+        return objects.deflate_content(records)
+
+    answered = serve(handler, instruction.call, build)
+    if isinstance(answered, HandlerFailure):
+        return Answer(None, answered.reason)
+    return Answer(answered)
 
 
-def _message_api_reply(instruction: Instruction, result: Any) -> dict[str, objects.Record]:
-    if instruction.method == "get_properties":
-        return {"properties": objects.ConfigRecord(_mapping(result, "get_properties"))}
-    if instruction.method == "fit":
-        arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
-        arrays = _arrays(arrays, "fit")
-        if len(arrays) != len(instruction.array_keys):
-            raise HandlerError(f"fit returned {len(arrays)} arrays for the {len(instruction.array_keys)} received")
-        record = _array_record(dict(zip(instruction.array_keys, arrays)))
-        metric_values = metric_record(_mapping(metrics, "fit metrics"), {NUM_EXAMPLES: check_count(num_examples, "num_examples")})
-        return {instruction.array_record: record, "metrics": objects.MetricRecord(metric_values)}
-    loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
-    reserved = {EVAL_LOSS: check_loss(loss, "loss"), NUM_EXAMPLES: check_count(num_examples, "num_examples")}
-    return {"metrics": objects.MetricRecord(metric_record(_mapping(metrics, "evaluate metrics"), reserved))}
+def _message_api_reply(instruction: Instruction, result: Result) -> objects.RecordDict:
+    assert instruction.call is not None
+    method = instruction.call.method
+    if method == "get_properties":
+        return {"properties": _config_record(result.metrics, "properties")}
+    if method == "fit":
+        keys = instruction.array_keys
+        if len(result.parameters) != len(keys):  # an ArrayRecord: one array per received key
+            raise HandlerError(f"parameters: {len(result.parameters)} arrays for the {len(keys)} received")
+        record = _array_record(dict(zip(keys, result.parameters)))
+        metrics = metric_record(result.metrics, {NUM_EXAMPLES: result.num_examples})
+        return {instruction.array_record: record, "metrics": objects.MetricRecord(metrics)}
+    reserved = {EVAL_LOSS: result.loss, NUM_EXAMPLES: result.num_examples}
+    return {"metrics": objects.MetricRecord(metric_record(result.metrics, reserved))}
 
 
-def _legacy_reply(instruction: Instruction, result: Any) -> dict[str, objects.Record]:
-    prefix = LEGACY_REPLY[instruction.method]
+def _legacy_reply(method: str, result: Result) -> objects.RecordDict:
+    """recorddict_compat's layout; the record types flwr's ServerApp reads (docs/PROTOCOL.md §17)."""
+    prefix = LEGACY_REPLY[method]
     status = objects.ConfigRecord(dict(LEGACY_STATUS_OK))
-    if instruction.method == "get_properties":
-        return {f"{prefix}.properties": objects.ConfigRecord(_mapping(result, "get_properties")),
-                f"{prefix}.status": status}
-    if instruction.method == "get_parameters":
-        return {f"{prefix}.parameters": _legacy_arrays(_arrays(result, "get_parameters")), f"{prefix}.status": status}
-    if instruction.method == "fit":
-        arrays, num_examples, metrics = unpack_result(result, "fit", "(parameters, num_examples, metrics)")
-        return {
-            f"{prefix}.metrics": objects.ConfigRecord(_mapping(metrics, "fit metrics")),
-            f"{prefix}.num_examples": objects.MetricRecord({"num_examples": check_count(num_examples, "num_examples")}),
-            f"{prefix}.parameters": _legacy_arrays(_arrays(arrays, "fit")),
-            f"{prefix}.status": status,
-        }
-    loss, num_examples, metrics = unpack_result(result, "evaluate", "(loss, num_examples, metrics)")
-    return {
-        f"{prefix}.loss": objects.MetricRecord({"loss": check_loss(loss, "loss")}),
-        f"{prefix}.num_examples": objects.MetricRecord({"num_examples": check_count(num_examples, "num_examples")}),
-        f"{prefix}.metrics": objects.ConfigRecord(_mapping(metrics, "evaluate metrics")),
-        f"{prefix}.status": status,
-    }
+    if method == "get_properties":
+        return {f"{prefix}.properties": _config_record(result.metrics, "properties"), f"{prefix}.status": status}
+    if method == "get_parameters":
+        return {f"{prefix}.parameters": _legacy_arrays(result.parameters), f"{prefix}.status": status}
+    num_examples = objects.MetricRecord({"num_examples": result.num_examples})
+    metrics = _config_record(result.metrics, "metrics")
+    if method == "fit":
+        return {f"{prefix}.metrics": metrics, f"{prefix}.num_examples": num_examples,
+                f"{prefix}.parameters": _legacy_arrays(result.parameters), f"{prefix}.status": status}
+    return {f"{prefix}.loss": objects.MetricRecord({"loss": result.loss}), f"{prefix}.num_examples": num_examples,
+            f"{prefix}.metrics": metrics, f"{prefix}.status": status}
 
 
-LEGACY_REPLY = {method: reply for method, reply in LEGACY.values()}
+def _config_record(values: dict[str, Any], field: str) -> objects.ConfigRecord:
+    """A ConfigRecord of the handler's values, each checked (it holds every Scalar and lists of them)."""
+    record = objects.ConfigRecord(values)
+    objects.check_record(record, field)
+    return record
 
 
 def _legacy_arrays(arrays: list[np.ndarray]) -> objects.ArrayRecord:
@@ -233,7 +237,9 @@ def _legacy_arrays(arrays: list[np.ndarray]) -> objects.ArrayRecord:
 
 
 def _array_record(arrays: dict[str, np.ndarray]) -> objects.ArrayRecord:
-    return objects.ArrayRecord({key: objects.Array.from_numpy(array, f"array {key!r}") for key, array in arrays.items()})
+    return objects.ArrayRecord(
+        {key: objects.Array.from_numpy(array, f"parameters[{index}]") for index, (key, array) in enumerate(arrays.items())}
+    )
 
 
 def metric_record(metrics: dict[str, Any], reserved: dict[str, int | float]) -> dict[str, Any]:
@@ -268,18 +274,6 @@ def _metric_value(value: Any) -> int | float | list[int] | list[float] | None:
     return None
 
 
-def _arrays(value: Any, method: str) -> list[np.ndarray]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(a, np.ndarray) for a in value):
-        raise HandlerError(f"{method} must return a list of NumPy arrays, got {type(value).__name__}")
-    return list(value)
-
-
-def _mapping(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-        raise HandlerError(f"{what}: expected a dict with str keys, got {type(value).__name__}")
-    return value
-
-
 # ---- the reply message ------------------------------------------------------------------------------
 
 
@@ -290,6 +284,7 @@ def build_reply(answer: Answer, instruction: Metadata, node_id: int, now: float)
     group_id and message_type copied, created_at = now, and ttl = what is left of the
     instruction's (``created_at + ttl - now``): a longer one makes the SuperLink drop the reply
     without telling us (``linkstate/in_memory_linkstate.py``, store_message_res).
+    ``instruction`` is the metadata of the hashed Message object, never PullMessages' copy.
     """
     metadata = Metadata(
         run_id=instruction.run_id,
@@ -301,6 +296,6 @@ def build_reply(answer: Answer, instruction: Metadata, node_id: int, now: float)
         created_at=now,
         ttl=instruction.created_at + instruction.ttl - now,
     )
-    if answer.error:
+    if answer.content is None:
         return objects.deflate_message(metadata, error=Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=answer.error))
-    return objects.deflate_message(metadata, answer.records)
+    return objects.deflate_message(metadata, answer.content)

@@ -4,7 +4,8 @@ A transport (``client/fleet.py``, or your port) asks :meth:`NodeSession.next_ste
 now, does it, and reports back. A step is one of
 
 - :class:`Send`: POST ``request`` (serialized protobuf) to the SuperLink's ``rpc`` and hand the
-  response body to :meth:`NodeSession.receive` (or a refusal to :meth:`NodeSession.refused`);
+  response body to :meth:`NodeSession.receive` (or a refusal to :meth:`NodeSession.refused`;
+  or, when the transport gives the request up without an answer, call :meth:`NodeSession.abandon`);
 - :class:`RunHandler`: call ``step.run()`` on a worker thread and hand its return value to
   :meth:`NodeSession.handler_finished`. Keep asking ``next_step`` meanwhile: it returns the
   heartbeats that fall due while the user's ``fit`` runs, and :class:`Wait` in between;
@@ -17,46 +18,58 @@ stamps replies (``created_at``), which the SuperLink compares with its own clock
 
 Invariants
 ----------
-1. One request at a time: after a :class:`Send`, the next call is ``receive`` or ``refused``
-   for that request, never ``next_step``. Transient failures (connection refused, HTTP 5xx,
-   gRPC UNAVAILABLE) are the transport's to retry with backoff; they never reach the session.
+1. One request at a time: after a :class:`Send`, the next call is ``receive``, ``refused`` or
+   ``abandon`` for that request, never ``next_step``. Transient failures (connection refused,
+   HTTP 5xx, gRPC UNAVAILABLE) are the transport's to retry with backoff; they never reach the
+   session.
 2. Between RegisterNode and the end, heartbeats go out every ``heartbeat_period`` seconds
    (the first right after ActivateNode), in every state that has a node online, including
    while the handler runs: a heartbeat is never held back by message work.
 3. A message is worked on from PullMessages to its last PushObject before the next is pulled.
-   The node PullObjects every id of the message's object tree, then ConfirmMessageReceived,
-   then runs the handler, then PushMessages and PushObjects exactly the ids the SuperLink asks.
-4. The user's handler only ever sees NumPy arrays and dicts of Python scalars
-   (``fedproto.fleet_content`` maps both content layouts); whatever it raises becomes the
+   The node PullObjects every id of the message's object tree, parents before children (so
+   the Message object, and every Array's announced size, come before any ArrayChunk), then
+   ConfirmMessageReceived, then runs the handler, then PushMessages and PushObjects exactly the
+   ids the SuperLink asks. All the state of one message lives in one object, dropped as a unit.
+4. Only what a hash covers is trusted: the node acts on the metadata of the pulled Message
+   object (whose sha256 is the message id), and a PullMessages entry whose metadata disagrees
+   with it is a protocol error. The objects of one message may not exceed ``max_message_length``
+   bytes: checked from the announced Array sizes before any chunk is pulled, and against the
+   running total before every pull, so memory follows the limit, not what the SuperLink names.
+5. The user's handler only ever sees NumPy arrays and dicts of Python scalars, its own copies
+   (``fedproto.handler``, through ``fedproto.fleet_content``); whatever it raises becomes the
    reply's ``Message.error``, and the node goes on.
-5. A response that breaks the protocol (undecodable bytes, an object whose sha256 is not its
+6. A response that breaks the protocol (undecodable bytes, an object whose sha256 is not its
    id, an object tree that is not the message's, a push request for an object we do not have,
-   a response that does not fit the state) raises :class:`NodeProtocolError` and the session
-   enters ERROR, which refuses every further call. The transport exits (code 1).
-6. "Told to stop" in the Fleet API: the SuperLink no longer knows this node (HTTP 401 or gRPC
+   a response or refusal that does not fit the state) raises :class:`NodeProtocolError` and the
+   session enters ERROR, which refuses every further call. The transport exits (code 1). Every
+   piece of SuperLink text in a log line or an error goes through ``fedproto.text.bound_text``.
+7. "Told to stop" in the Fleet API: the SuperLink no longer knows this node (HTTP 401 or gRPC
    UNAUTHENTICATED after activation, or a heartbeat answered ``success = false``: it restarted
-   without its database, or the operator removed the node). The session then registers and
-   activates again with the same key and drops the message in flight. If registering or
-   activating is refused, the session unregisters if needed and finishes (``outcome`` =
-   "refused"). :meth:`NodeSession.stop` (SIGINT/SIGTERM) deactivates, unregisters and finishes
-   (``outcome`` = "stopped").
+   without its database, or the operator removed the node). The session then drops the message
+   in flight and registers and activates again with the same key, after a backoff (Timing). If
+   registering or activating is refused, the session unregisters if needed and finishes
+   (``outcome`` = "refused"). :meth:`NodeSession.stop` (SIGINT/SIGTERM) deactivates,
+   unregisters and finishes (``outcome`` = "stopped").
 
 Transitions
 -----------
 Ticks (``next_step``) are classified as ``heartbeat_due`` (a heartbeat state whose heartbeat is
 due), ``ready`` (this state's request may go now) or ``not_yet`` (wait). Responses and refusals
-are events too. ``-`` means no step: the next tick decides.
+(``node_unknown``, ``run_not_running``, ``rejected``) are events too. The action runs before the
+state changes; ``-`` means none: the next tick decides.
 
 =====================================================  ==================  ==================  ============
 state                                                  event               action              next state
 =====================================================  ==================  ==================  ============
 REGISTER                                               ready               send_register       REGISTER
+REGISTER                                               not_yet             wait                REGISTER
 REGISTER                                               registered          -                   ACTIVATE
-REGISTER                                               rejected            -                   DONE
+REGISTER, ACTIVATE                                     node_unknown        give_up             (refused)
+REGISTER, ACTIVATE                                     run_not_running     give_up             (refused)
+REGISTER, ACTIVATE                                     rejected            give_up             (refused)
 REGISTER                                               stop                -                   DONE
 ACTIVATE                                               ready               send_activate       ACTIVATE
 ACTIVATE                                               activated           -                   IDLE
-ACTIVATE                                               rejected            -                   UNREGISTER
 ACTIVATE                                               stop                -                   UNREGISTER
 IDLE                                                   ready               send_pull_messages  IDLE
 IDLE                                                   not_yet             wait                IDLE
@@ -67,7 +80,7 @@ PULL_OBJECTS                                           not_yet             wait 
 PULL_OBJECTS                                           object              -                   PULL_OBJECTS
 PULL_OBJECTS                                           object_not_ready    -                   PULL_OBJECTS
 PULL_OBJECTS                                           last_object         -                   CONFIRM
-PULL_OBJECTS                                           object_missing      -                   IDLE
+PULL_OBJECTS                                           object_missing      drop_message        IDLE
 CONFIRM                                                ready               send_confirm        CONFIRM
 CONFIRM                                                confirmed           -                   HANDLING
 HANDLING                                               ready               run_handler         HANDLING
@@ -75,19 +88,19 @@ HANDLING                                               not_yet             wait 
 HANDLING                                               handler_done        -                   PUSH_MESSAGE
 PUSH_MESSAGE                                           ready               send_push_message   PUSH_MESSAGE
 PUSH_MESSAGE                                           push_accepted       -                   PUSH_OBJECTS
-PUSH_MESSAGE                                           nothing_to_push     -                   IDLE
+PUSH_MESSAGE                                           nothing_to_push     finish_message      IDLE
 PUSH_OBJECTS                                           ready               send_push_object    PUSH_OBJECTS
 PUSH_OBJECTS                                           object_pushed       -                   PUSH_OBJECTS
-PUSH_OBJECTS                                           last_object_pushed  -                   IDLE
-PULL_OBJECTS, CONFIRM, PUSH_MESSAGE, PUSH_OBJECTS      run_not_running     -                   IDLE
-PULL_OBJECTS, CONFIRM, PUSH_MESSAGE, PUSH_OBJECTS      rejected            -                   IDLE
+PUSH_OBJECTS                                           last_object_pushed  finish_message      IDLE
+PULL_OBJECTS, CONFIRM, PUSH_MESSAGE, PUSH_OBJECTS      run_not_running     drop_message        IDLE
+PULL_OBJECTS, CONFIRM, PUSH_MESSAGE, PUSH_OBJECTS      rejected            drop_message        IDLE
 IDLE, PULL_OBJECTS, CONFIRM, HANDLING, PUSH_MESSAGE,   heartbeat_due       send_heartbeat      (same)
 PUSH_OBJECTS
 IDLE, PULL_OBJECTS, CONFIRM, HANDLING, PUSH_MESSAGE,   heartbeat_ok        -                   (same)
 PUSH_OBJECTS
-IDLE, PULL_OBJECTS, CONFIRM, HANDLING, PUSH_MESSAGE,   node_unknown        -                   REGISTER
+IDLE, PULL_OBJECTS, CONFIRM, HANDLING, PUSH_MESSAGE,   node_unknown        register_again      REGISTER
 PUSH_OBJECTS
-IDLE, PULL_OBJECTS, CONFIRM, HANDLING, PUSH_MESSAGE,   stop                -                   DEACTIVATE
+IDLE, PULL_OBJECTS, CONFIRM, HANDLING, PUSH_MESSAGE,   stop                drop_message        DEACTIVATE
 PUSH_OBJECTS
 REGISTER, ACTIVATE, IDLE, PULL_OBJECTS, CONFIRM,       stale_result        - (reply dropped)   (same)
 HANDLING, DEACTIVATE, UNREGISTER
@@ -102,27 +115,37 @@ DONE                                                   ready               finis
 =====================================================  ==================  ==================  ============
 
 ``(same)`` keeps the state; ``(next)`` is UNREGISTER after DEACTIVATE and DONE after
-UNREGISTER: leaving goes on when the SuperLink has already forgotten the node.
+UNREGISTER: leaving goes on when the SuperLink has already forgotten the node. ``(refused)`` is
+DONE from REGISTER and UNREGISTER from ACTIVATE (undo the registration): ``give_up`` sets
+``outcome`` = "refused". Even a 401 there means our key or signature is not accepted, which
+trying again will not change.
 ``stale_result`` is a handler that ends after its message was dropped (node unknown, stop): its
 reply is not sent, and a newer message waits in HANDLING until that handler has returned. A pair not in
-the table is invalid input (invariant 5): ERROR.
+the table is invalid input (invariant 6): ERROR.
 
 Timing (flwr 1.42's SuperNode, ``supercore/heartbeat.py``, ``supernode/start_client_internal.py``):
 ActivateNode and every heartbeat announce ``heartbeat_interval`` (30 s; the SuperLink accepts
 10-1800 s and counts the node offline 2 x interval after its last heartbeat). Heartbeats go
 every ``(interval - 5) x 0.8`` s (20 s; flwr adds +-10 % jitter, we keep it deterministic).
-PullMessages every ``poll_interval`` (3 s) while idle, and at once after a reply is pushed.
-An object that is not uploaded yet is asked again after 1 s, doubling up to 10 s, for at most
-``object_wait_limit`` (7200 s) per message; then the message is dropped, like flwr does.
+PullMessages every ``poll_interval`` (3 s) while idle, at once after a reply is pushed, and
+``poll_interval`` after a dropped message (a SuperLink that keeps handing out a message it cannot
+serve is not asked in a loop). An object that is not uploaded yet is asked again after 1 s,
+doubling up to 10 s, for at most ``object_wait_limit`` (7200 s) per message; then the message is
+dropped, like flwr does. Registering again after the SuperLink forgot the node waits 1 s, then
+2, 4, ... up to 60 s while it keeps forgetting the node within 60 s of each activation; a node
+that stayed known for 60 s starts again at 1 s. A SuperLink that refuses every heartbeat thus
+gets at most three requests (register, activate, heartbeat) a minute from each node, once the
+backoff has grown.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, NoReturn
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
@@ -148,6 +171,7 @@ from fedproto.message_pb2 import (
     ConfirmMessageReceivedRequest,
     ConfirmMessageReceivedResponse,
     Message,
+    Metadata,
     ObjectTree,
     PullObjectRequest,
     PullObjectResponse,
@@ -155,7 +179,9 @@ from fedproto.message_pb2 import (
     PushObjectResponse,
 )
 from fedproto.node_pb2 import Node
-from fedproto.objects import ObjectError
+from fedproto.objects import ObjectError, ObjectHeader
+from fedproto.text import bound_text
+from fedproto.wire import MAX_MESSAGE_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +193,9 @@ POLL_INTERVAL = 3.0  # flwr's SuperNode sleeps 3 s after an empty PullMessages
 OBJECT_RETRY_FIRST = 1.0  # flwr's PULL_INITIAL_BACKOFF
 OBJECT_RETRY_CAP = 10.0  # flwr's PULL_BACKOFF_CAP
 OBJECT_WAIT_LIMIT = 7200.0  # flwr's PULL_MAX_TIME
+REREGISTER_FIRST = 1.0  # seconds before registering again after the SuperLink forgot the node
+REREGISTER_CAP = 60.0  # the backoff doubles up to this; a node known this long starts again at FIRST
+ID_TEXT = 80  # characters of a peer's id (message, object) shown in a log line or an error
 
 
 class Rpc(NamedTuple):
@@ -198,9 +227,9 @@ RPCS: dict[str, Rpc] = {
 class Refusal(enum.Enum):
     """How the SuperLink said no to a request (as opposed to being unreachable)."""
 
-    NODE_UNKNOWN = "node_unknown"  # 401 / UNAUTHENTICATED: key or node id not known (any more)
-    RUN_NOT_RUNNING = "run_not_running"  # 403 / PERMISSION_DENIED: the message's run is not running
-    REJECTED = "rejected"  # any other 4xx / non-retryable gRPC code (e.g. 412 PUBLIC_KEY_ALREADY_IN_USE)
+    NODE_UNKNOWN = "401 / UNAUTHENTICATED: key or node id not known (any more)"
+    RUN_NOT_RUNNING = "403 / PERMISSION_DENIED: the message's run is not running"
+    REJECTED = "another 4xx / non-retryable gRPC code (e.g. 412 PUBLIC_KEY_ALREADY_IN_USE)"
 
 
 def refusal_for_http_status(status: int) -> Refusal | None:
@@ -295,7 +324,18 @@ class Action(enum.Enum):
     SEND_UNREGISTER = "send_unregister"
     WAIT = "wait"
     FINISH = "finish"
+    GIVE_UP = "give_up"  # registering or activating refused: outcome "refused"
+    REGISTER_AGAIN = "register_again"  # the SuperLink forgot the node: drop the message, back off
+    DROP_MESSAGE = "drop_message"  # the message cannot be served: forget it, poll again later
+    FINISH_MESSAGE = "finish_message"  # the reply is pushed: count it, poll again at once
 
+
+# The event each refusal is in the table.
+REFUSAL_EVENTS = {
+    Refusal.NODE_UNKNOWN: Event.NODE_UNKNOWN,
+    Refusal.RUN_NOT_RUNNING: Event.RUN_NOT_RUNNING,
+    Refusal.REJECTED: Event.REJECTED,
+}
 
 S, E, A = State, Event, Action
 # States in which the node is online: heartbeats flow, a message may be in the works.
@@ -305,12 +345,13 @@ MESSAGE_WORK = (S.PULL_OBJECTS, S.CONFIRM, S.PUSH_MESSAGE, S.PUSH_OBJECTS)
 # The executable table: (state, event) -> (action, next state). The code runs this, nothing else.
 TRANSITIONS: dict[tuple[State, Event], tuple[Action, State]] = {
     (S.REGISTER, E.READY): (A.SEND_REGISTER, S.REGISTER),
+    (S.REGISTER, E.NOT_YET): (A.WAIT, S.REGISTER),
     (S.REGISTER, E.REGISTERED): (A.NONE, S.ACTIVATE),
-    (S.REGISTER, E.REJECTED): (A.NONE, S.DONE),
+    **{(S.REGISTER, REFUSAL_EVENTS[refusal]): (A.GIVE_UP, S.DONE) for refusal in Refusal},
+    **{(S.ACTIVATE, REFUSAL_EVENTS[refusal]): (A.GIVE_UP, S.UNREGISTER) for refusal in Refusal},
     (S.REGISTER, E.STOP): (A.NONE, S.DONE),
     (S.ACTIVATE, E.READY): (A.SEND_ACTIVATE, S.ACTIVATE),
     (S.ACTIVATE, E.ACTIVATED): (A.NONE, S.IDLE),
-    (S.ACTIVATE, E.REJECTED): (A.NONE, S.UNREGISTER),
     (S.ACTIVATE, E.STOP): (A.NONE, S.UNREGISTER),
     (S.IDLE, E.READY): (A.SEND_PULL_MESSAGES, S.IDLE),
     (S.IDLE, E.NOT_YET): (A.WAIT, S.IDLE),
@@ -321,7 +362,7 @@ TRANSITIONS: dict[tuple[State, Event], tuple[Action, State]] = {
     (S.PULL_OBJECTS, E.OBJECT): (A.NONE, S.PULL_OBJECTS),
     (S.PULL_OBJECTS, E.OBJECT_NOT_READY): (A.NONE, S.PULL_OBJECTS),
     (S.PULL_OBJECTS, E.LAST_OBJECT): (A.NONE, S.CONFIRM),
-    (S.PULL_OBJECTS, E.OBJECT_MISSING): (A.NONE, S.IDLE),
+    (S.PULL_OBJECTS, E.OBJECT_MISSING): (A.DROP_MESSAGE, S.IDLE),
     (S.CONFIRM, E.READY): (A.SEND_CONFIRM, S.CONFIRM),
     (S.CONFIRM, E.CONFIRMED): (A.NONE, S.HANDLING),
     (S.HANDLING, E.READY): (A.RUN_HANDLER, S.HANDLING),
@@ -329,16 +370,16 @@ TRANSITIONS: dict[tuple[State, Event], tuple[Action, State]] = {
     (S.HANDLING, E.HANDLER_DONE): (A.NONE, S.PUSH_MESSAGE),
     (S.PUSH_MESSAGE, E.READY): (A.SEND_PUSH_MESSAGE, S.PUSH_MESSAGE),
     (S.PUSH_MESSAGE, E.PUSH_ACCEPTED): (A.NONE, S.PUSH_OBJECTS),
-    (S.PUSH_MESSAGE, E.NOTHING_TO_PUSH): (A.NONE, S.IDLE),
+    (S.PUSH_MESSAGE, E.NOTHING_TO_PUSH): (A.FINISH_MESSAGE, S.IDLE),
     (S.PUSH_OBJECTS, E.READY): (A.SEND_PUSH_OBJECT, S.PUSH_OBJECTS),
     (S.PUSH_OBJECTS, E.OBJECT_PUSHED): (A.NONE, S.PUSH_OBJECTS),
-    (S.PUSH_OBJECTS, E.LAST_OBJECT_PUSHED): (A.NONE, S.IDLE),
-    **{(state, E.RUN_NOT_RUNNING): (A.NONE, S.IDLE) for state in MESSAGE_WORK},
-    **{(state, E.REJECTED): (A.NONE, S.IDLE) for state in MESSAGE_WORK},
+    (S.PUSH_OBJECTS, E.LAST_OBJECT_PUSHED): (A.FINISH_MESSAGE, S.IDLE),
+    **{(state, E.RUN_NOT_RUNNING): (A.DROP_MESSAGE, S.IDLE) for state in MESSAGE_WORK},
+    **{(state, E.REJECTED): (A.DROP_MESSAGE, S.IDLE) for state in MESSAGE_WORK},
     **{(state, E.HEARTBEAT_DUE): (A.SEND_HEARTBEAT, state) for state in ONLINE},
     **{(state, E.HEARTBEAT_OK): (A.NONE, state) for state in ONLINE},
-    **{(state, E.NODE_UNKNOWN): (A.NONE, S.REGISTER) for state in ONLINE},
-    **{(state, E.STOP): (A.NONE, S.DEACTIVATE) for state in ONLINE},
+    **{(state, E.NODE_UNKNOWN): (A.REGISTER_AGAIN, S.REGISTER) for state in ONLINE},
+    **{(state, E.STOP): (A.DROP_MESSAGE, S.DEACTIVATE) for state in ONLINE},
     **{(state, E.STALE_RESULT): (A.NONE, state)
        for state in (S.REGISTER, S.ACTIVATE, S.IDLE, S.PULL_OBJECTS, S.CONFIRM, S.HANDLING, S.DEACTIVATE,
                      S.UNREGISTER)},
@@ -363,7 +404,7 @@ class Send:
 
 @dataclass(frozen=True)
 class RunHandler:
-    run: Callable[[], Any]  # call on a worker thread; pass the result to handler_finished
+    run: Callable[[], fleet_content.Answer]  # call on a worker thread; pass the result to handler_finished
 
 
 @dataclass(frozen=True)
@@ -391,21 +432,61 @@ class Handled:
     error: str  # "" or the reply's Message.error reason
 
 
+# The metadata fields PullMessages repeats from the Message object (message_id is the object's id).
+COMPARED_METADATA = ("run_id", "src_node_id", "dst_node_id", "reply_to_message_id", "group_id", "ttl",
+                     "message_type", "created_at")
+
+
+@dataclass
+class MessageWork:
+    """One message, from PullMessages to its last PushObject: created and dropped as a unit."""
+
+    message_id: str  # the root of its object tree, the sha256 of the Message object
+    delivered: Metadata  # what PullMessages said; checked against the hashed Message object
+    tree: ObjectTree
+    to_pull: list[str]  # parents before children (objects.pull_order)
+    pull_started: float
+    pulled: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[str, ObjectHeader] = field(default_factory=dict)  # hashed and checked on pull
+    pulled_bytes: int = 0
+    announced_bytes: int = 0  # objects other than chunks, plus every pulled Array's announced data
+    retry_at: float = 0.0
+    retry_delay: float = OBJECT_RETRY_FIRST
+    metadata: Metadata | None = None  # the hashed Message object's, once it is inflated
+    instruction: fleet_content.Instruction | None = None
+    handler_launched: bool = False
+    handler_started: float = 0.0
+    handler_seconds: float = 0.0
+    reply: objects.DeflatedMessage | None = None
+    to_push: list[str] = field(default_factory=list)
+    pushed: int = 0
+    push_session: str = ""
+
+    @property
+    def run_id(self) -> int:
+        return self.delivered.run_id
+
+    @property
+    def shown_id(self) -> str:
+        return bound_text(self.message_id, ID_TEXT)
+
+
 class NodeSession:
     """One node from RegisterNode to UnregisterNode (or to ERROR).
 
-    ``handler`` has (some of) NumPyClient's methods; see ``fedproto.fleet_content``.
+    ``handler`` has (some of) NumPyClient's methods; see ``fedproto.handler``.
     ``public_key`` is the PEM (SubjectPublicKeyInfo) of the key that signs every request.
     """
 
     def __init__(
         self,
-        handler: Any,
+        handler: object,
         public_key: bytes,
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         poll_interval: float = POLL_INTERVAL,
         object_wait_limit: float = OBJECT_WAIT_LIMIT,
+        max_message_length: int = MAX_MESSAGE_LENGTH,
     ) -> None:
         low, high = HEARTBEAT_INTERVAL_RANGE
         if not low <= heartbeat_interval <= high:
@@ -418,6 +499,7 @@ class NodeSession:
         self.heartbeat_period = (heartbeat_interval - HEARTBEAT_CALL_TIMEOUT) * HEARTBEAT_MULTIPLIER
         self.poll_interval = poll_interval
         self.object_wait_limit = object_wait_limit
+        self.max_message_length = max_message_length
 
         self.state = State.REGISTER
         self.outcome = ""  # set when the session heads for DONE: "stopped" or "refused"
@@ -425,10 +507,46 @@ class NodeSession:
         self.awaiting: str | None = None  # rpc whose response is due (invariant 1)
         self.handled_count = 0
         self.last_handled: Handled | None = None
+        self.work: MessageWork | None = None  # the message in the works (invariant 3)
         self._heartbeat_at = 0.0
         self._poll_at = 0.0
-        self._handler_running = False
-        self._clear_message()
+        self._register_at = 0.0
+        self._register_delay = REREGISTER_FIRST
+        self._activated_at = 0.0
+        self._handler_running = False  # a handler thread is out, possibly for a dropped message
+
+        # What each table action and each response does: named here, not looked up by name.
+        self._senders: dict[Action, Callable[[float], tuple[str, ProtoMessage]]] = {
+            A.SEND_REGISTER: self._send_register,
+            A.SEND_ACTIVATE: self._send_activate,
+            A.SEND_HEARTBEAT: self._send_heartbeat,
+            A.SEND_PULL_MESSAGES: self._send_pull_messages,
+            A.SEND_PULL_OBJECT: self._send_pull_object,
+            A.SEND_CONFIRM: self._send_confirm,
+            A.SEND_PUSH_MESSAGE: self._send_push_message,
+            A.SEND_PUSH_OBJECT: self._send_push_object,
+            A.SEND_DEACTIVATE: self._send_deactivate,
+            A.SEND_UNREGISTER: self._send_unregister,
+        }
+        self._effects: dict[Action, Callable[[float], None]] = {
+            A.NONE: lambda now: None,
+            A.GIVE_UP: self._give_up,
+            A.REGISTER_AGAIN: self._register_again,
+            A.DROP_MESSAGE: self._drop_message,
+            A.FINISH_MESSAGE: self._finish_message,
+        }
+        self._responses: dict[str, Callable[[Any, float], Event]] = {
+            "RegisterNode": self._on_register,
+            "ActivateNode": self._on_activate,
+            "SendNodeHeartbeat": self._on_heartbeat,
+            "PullMessages": self._on_pull_messages,
+            "PullObject": self._on_pull_object,
+            "ConfirmMessageReceived": lambda response, now: E.CONFIRMED,
+            "PushMessages": self._on_push_messages,
+            "PushObject": self._on_push_object,
+            "DeactivateNode": lambda response, now: E.DEACTIVATED,
+            "UnregisterNode": lambda response, now: E.UNREGISTERED,
+        }
 
     # ---- what the transport calls -------------------------------------------------------
 
@@ -443,8 +561,16 @@ class NodeSession:
             event = E.READY
         else:
             event = E.NOT_YET
-        action = self._fire(event)
-        return self._perform(action, now)
+        action = self._fire(event, now)
+        if action is A.WAIT:
+            return Wait(self._wait_until())
+        if action is A.FINISH:
+            return Finished(self.outcome or "stopped")
+        if action is A.RUN_HANDLER:
+            return self._run_handler(now)
+        rpc, request = self._senders[action](now)
+        self.awaiting = rpc
+        return Send(rpc, request.SerializeToString(deterministic=True))
 
     def receive(self, response: bytes, now: float) -> None:
         """The SuperLink's answer to the last Send."""
@@ -455,28 +581,14 @@ class NodeSession:
             message.ParseFromString(response)
         except DecodeError as error:
             self._fail(f"{rpc}: the response is not a valid {message.DESCRIPTOR.name} ({error})")
-        event = getattr(self, f"_on_{rpc}")(message, now)
-        self._fire(event)
+        self._fire(self._responses[rpc](message, now), now)
 
     def refused(self, refusal: Refusal, now: float) -> None:
         """The SuperLink refused the last Send (see refusal_for_http_status/_grpc_code)."""
         self._check_usable()
         rpc = self._take_awaiting()
-        if self.state in (S.REGISTER, S.ACTIVATE):
-            # Registering or activating refused; even a 401 here means our key or signature is
-            # not accepted, which trying again will not change.
-            self.outcome, event = "refused", E.REJECTED
-            log.error("%s refused (%s): the SuperLink does not accept this node", rpc, refusal.value)
-        else:
-            event = Event(refusal.value)
-            if refusal is Refusal.NODE_UNKNOWN and self.state in ONLINE:
-                log.warning("%s refused: the SuperLink does not know node %d any more; registering again",
-                            rpc, self.node_id)
-            elif self.state in MESSAGE_WORK:
-                log.warning("%s refused (%s): dropping message %s", rpc, refusal.value, self._message_id)
-        self._fire(event)
-        if self.state in (S.IDLE, S.REGISTER):
-            self._clear_message()
+        log.warning("%s refused (%s)", rpc, refusal.value)
+        self._fire(REFUSAL_EVENTS[refusal], now)
 
     def abandon(self) -> None:
         """The transport gives up on the last Send without an answer (it is leaving, or the
@@ -484,19 +596,21 @@ class NodeSession:
         self._check_usable()
         self._take_awaiting()
 
-    def handler_finished(self, result: Any, now: float) -> None:
+    def handler_finished(self, result: fleet_content.Answer, now: float) -> None:
         """The value ``RunHandler.run()`` returned, once the worker thread is done."""
         self._check_usable()
         if not self._handler_running:
             raise NodeUsageError("handler_finished called without a running handler")
         self._handler_running = False
-        current = self.state is S.HANDLING and self._handler_launched
-        self._fire(E.HANDLER_DONE if current else E.STALE_RESULT)
-        if not current:
+        work = self.work
+        current = self.state is S.HANDLING and work is not None and work.handler_launched
+        self._fire(E.HANDLER_DONE if current else E.STALE_RESULT, now)
+        if work is None or not current:
             log.warning("handler finished after its message was dropped; the reply is not sent")
             return
-        self._handler_seconds = now - self._handler_started
-        self._reply = fleet_content.build_reply(result, self._message.metadata, self.node_id, now)
+        assert work.metadata is not None
+        work.handler_seconds = now - work.handler_started
+        work.reply = fleet_content.build_reply(result, work.metadata, self.node_id, now)
 
     def stop(self, now: float) -> None:
         """Leave: deactivate and unregister (what the transport does on SIGINT/SIGTERM)."""
@@ -505,40 +619,34 @@ class NodeSession:
             raise NodeUsageError(f"stop called while the {self.awaiting} response is due")
         if not self.outcome:
             self.outcome = "stopped"
-        self._fire(E.STOP)
+        self._fire(E.STOP, now)
 
     # ---- the table ---------------------------------------------------------------------------
 
-    def _fire(self, event: Event) -> Action:
-        try:
-            action, next_state = TRANSITIONS[(self.state, event)]
-        except KeyError:
+    def _fire(self, event: Event, now: float) -> Action:
+        """Run the table's row for (state, event): its effect, then the state change."""
+        row = TRANSITIONS.get((self.state, event))
+        if row is None:
             self._fail(f"{event.value} is not valid in state {self.state.name}")
+        action, next_state = row
+        effect = self._effects.get(action)
+        if effect is not None:
+            effect(now)
         self.state = next_state
         return action
 
-    def _perform(self, action: Action, now: float) -> Step:
-        if action is A.WAIT:
-            return Wait(self._wait_until())
-        if action is A.FINISH:
-            return Finished(self.outcome or "stopped")
-        if action is A.RUN_HANDLER:
-            self._handler_running = self._handler_launched = True
-            self._handler_started = now
-            instruction, handler = self._instruction, self.handler
-            return RunHandler(lambda: fleet_content.answer(handler, instruction))
-        rpc, request = getattr(self, f"_{action.value}")(now)
-        self.awaiting = rpc
-        return Send(rpc, request.SerializeToString(deterministic=True))
-
     def _ready_at(self) -> float:
         """When this state's own request may go (infinity: only a heartbeat or an event moves it)."""
+        if self.state is S.REGISTER:
+            return self._register_at
         if self.state is S.IDLE:
             return self._poll_at
         if self.state is S.PULL_OBJECTS:
-            return self._object_retry_at
+            assert self.work is not None
+            return self.work.retry_at
         if self.state is S.HANDLING:  # ready once, when the handler has to be started
-            return float("inf") if self._handler_launched or self._handler_running else 0.0
+            assert self.work is not None
+            return math.inf if self.work.handler_launched or self._handler_running else 0.0
         return 0.0
 
     def _wait_until(self) -> float:
@@ -546,6 +654,50 @@ class NodeSession:
         if self.state in ONLINE:
             until = min(until, self._heartbeat_at)
         return until
+
+    # ---- effects of the table's actions --------------------------------------------------------
+
+    def _give_up(self, now: float) -> None:
+        self.outcome = "refused"
+        log.error("registering or activating refused: the SuperLink does not accept this node")
+
+    def _register_again(self, now: float) -> None:
+        if now - self._activated_at >= REREGISTER_CAP:  # known long enough: this is a new trouble
+            self._register_delay = REREGISTER_FIRST
+        self._register_at = now + self._register_delay
+        log.warning("the SuperLink does not know node %d any more; registering again in %.0f s",
+                    self.node_id, self._register_delay)
+        self._register_delay = min(self._register_delay * 2, REREGISTER_CAP)
+        self._forget_message("the node is registering again")
+
+    def _drop_message(self, now: float) -> None:
+        self._poll_at = now + self.poll_interval
+        self._forget_message("dropped")
+
+    def _forget_message(self, why: str) -> None:
+        if self.work is not None:
+            log.warning("message %s %s", self.work.shown_id, why)
+            self.work = None
+
+    def _finish_message(self, now: float) -> None:
+        work = self.work
+        assert work is not None and work.reply is not None and work.metadata is not None
+        self.last_handled = Handled(
+            message_type=work.metadata.message_type, run_id=work.metadata.run_id,
+            received_bytes=work.pulled_bytes, sent_bytes=sum(map(len, work.reply.objects.values())),
+            handler_seconds=work.handler_seconds, error=work.reply.message.error.reason)
+        self.handled_count += 1
+        self.work = None
+        self._poll_at = now  # like flwr: look for the next message at once
+
+    def _run_handler(self, now: float) -> RunHandler:
+        work = self.work
+        assert work is not None and work.instruction is not None
+        self._handler_running = work.handler_launched = True
+        work.handler_started = now
+        instruction, handler = work.instruction, self.handler
+        work.instruction = None  # the worker holds it; dropped with the worker when it ends
+        return RunHandler(lambda: fleet_content.answer(handler, instruction))
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -565,26 +717,30 @@ class NodeSession:
         return "PullMessages", PullMessagesRequest(node=Node(node_id=self.node_id))
 
     def _send_pull_object(self, now: float) -> tuple[str, ProtoMessage]:
-        object_id = self._to_pull[len(self._pulled)]
-        return "PullObject", PullObjectRequest(node=Node(node_id=self.node_id),
-                                               run_id=self._message.metadata.run_id, object_id=object_id)
+        work = self._work()
+        object_id = work.to_pull[len(work.pulled)]
+        return "PullObject", PullObjectRequest(node=Node(node_id=self.node_id), run_id=work.run_id,
+                                               object_id=object_id)
 
     def _send_confirm(self, now: float) -> tuple[str, ProtoMessage]:
+        work = self._work()
         return "ConfirmMessageReceived", ConfirmMessageReceivedRequest(
-            node=Node(node_id=self.node_id), run_id=self._message.metadata.run_id,
-            message_object_id=self._message_id)
+            node=Node(node_id=self.node_id), run_id=work.run_id, message_object_id=work.message_id)
 
     def _send_push_message(self, now: float) -> tuple[str, ProtoMessage]:
-        reply = self._reply
+        work = self._work()
+        assert work.reply is not None
         return "PushMessages", PushMessagesRequest(
-            node=Node(node_id=self.node_id), messages_list=[reply.message],
-            message_object_trees=[reply.object_tree], clientapp_runtime_list=[self._handler_seconds])
+            node=Node(node_id=self.node_id), messages_list=[work.reply.message],
+            message_object_trees=[work.reply.object_tree], clientapp_runtime_list=[work.handler_seconds])
 
     def _send_push_object(self, now: float) -> tuple[str, ProtoMessage]:
-        object_id = self._to_push[self._pushed]
+        work = self._work()
+        assert work.reply is not None
+        object_id = work.to_push[work.pushed]
         return "PushObject", PushObjectRequest(
-            node=Node(node_id=self.node_id), run_id=self._message.metadata.run_id, object_id=object_id,
-            object_content=self._reply.objects[object_id], session_id=self._push_session)
+            node=Node(node_id=self.node_id), run_id=work.run_id, object_id=object_id,
+            object_content=work.reply.objects[object_id], session_id=work.push_session)
 
     def _send_deactivate(self, now: float) -> tuple[str, ProtoMessage]:
         return "DeactivateNode", DeactivateNodeRequest(node_id=self.node_id)
@@ -594,25 +750,21 @@ class NodeSession:
 
     # ---- responses: each returns the event it is ------------------------------------------------
 
-    def _on_RegisterNode(self, response: RegisterNodeFleetResponse, now: float) -> Event:
+    def _on_register(self, response: RegisterNodeFleetResponse, now: float) -> Event:
         return E.REGISTERED
 
-    def _on_ActivateNode(self, response: ActivateNodeResponse, now: float) -> Event:
+    def _on_activate(self, response: ActivateNodeResponse, now: float) -> Event:
         if response.node_id == 0:
             self._fail("ActivateNode: the response has no node_id")
         self.node_id = response.node_id
+        self._activated_at = now
         self._heartbeat_at = self._poll_at = now  # first heartbeat right away, then poll
         return E.ACTIVATED
 
-    def _on_SendNodeHeartbeat(self, response: SendNodeHeartbeatResponse, now: float) -> Event:
-        if response.success:
-            return E.HEARTBEAT_OK
-        log.warning("heartbeat refused: the SuperLink does not know node %d any more; registering again",
-                    self.node_id)
-        self._clear_message()
-        return E.NODE_UNKNOWN
+    def _on_heartbeat(self, response: SendNodeHeartbeatResponse, now: float) -> Event:
+        return E.HEARTBEAT_OK if response.success else E.NODE_UNKNOWN
 
-    def _on_PullMessages(self, response: PullMessagesResponse, now: float) -> Event:
+    def _on_pull_messages(self, response: PullMessagesResponse, now: float) -> Event:
         count = len(response.messages_list)
         if count != len(response.message_object_trees):
             self._fail(f"PullMessages: {count} messages but {len(response.message_object_trees)} object trees")
@@ -624,108 +776,95 @@ class NodeSession:
         message, tree = response.messages_list[0], response.message_object_trees[0]
         metadata = message.metadata
         if tree.object_id != metadata.message_id:
-            self._fail(f"PullMessages: object tree root {tree.object_id!r} is not message {metadata.message_id!r}")
+            self._fail(f"PullMessages: object tree root {bound_text(tree.object_id, ID_TEXT)!r} "
+                       f"is not message {bound_text(metadata.message_id, ID_TEXT)!r}")
         if metadata.dst_node_id != self.node_id:
             self._fail(f"PullMessages: message for node {metadata.dst_node_id}, we are {self.node_id}")
-        self._message, self._message_id, self._tree = message, metadata.message_id, tree
         try:
-            self._to_pull = objects.tree_object_ids(tree)
+            to_pull = objects.pull_order(tree)
         except ObjectError as error:
             self._fail(f"PullMessages: {error}")
-        self._pull_started = now
+        self.work = MessageWork(metadata.message_id, metadata, tree, to_pull, pull_started=now)
         return E.MESSAGE
 
-    def _on_PullObject(self, response: PullObjectResponse, now: float) -> Event:
-        object_id = self._to_pull[len(self._pulled)]
+    def _on_pull_object(self, response: PullObjectResponse, now: float) -> Event:
+        work = self._work()
+        object_id = work.to_pull[len(work.pulled)]
         if not response.object_found:
-            log.warning("object %s of message %s not found on the SuperLink: dropping the message",
-                        object_id, self._message_id)
-            self._clear_message()
+            log.warning("object %s of message %s not found on the SuperLink", object_id, work.shown_id)
             return E.OBJECT_MISSING
         if not response.object_available:  # the ServerApp is still uploading it
-            if now - self._pull_started >= self.object_wait_limit:
-                log.warning("object %s still not available after %.0f s: dropping message %s",
-                            object_id, now - self._pull_started, self._message_id)
-                self._clear_message()
+            if now - work.pull_started >= self.object_wait_limit:
+                log.warning("object %s still not available after %.0f s", object_id, now - work.pull_started)
                 return E.OBJECT_MISSING
-            self._object_retry_at = now + self._object_retry_delay
-            self._object_retry_delay = min(self._object_retry_delay * 2, OBJECT_RETRY_CAP)
+            work.retry_at = now + work.retry_delay
+            work.retry_delay = min(work.retry_delay * 2, OBJECT_RETRY_CAP)
             return E.OBJECT_NOT_READY
         content = response.object_content
         try:
-            objects.check_object(object_id, content)  # hash and header, before we keep it
+            header = objects.check_object(object_id, content)  # hash and header, before we keep it
         except ObjectError as error:
             self._fail(f"PullObject: {error}")
-        self._pulled[object_id] = content
-        self._object_retry_at, self._object_retry_delay = 0.0, OBJECT_RETRY_FIRST
-        if len(self._pulled) < len(self._to_pull):
+        work.pulled[object_id], work.headers[object_id] = content, header
+        work.pulled_bytes += len(content)
+        if header.type_name != "ArrayChunk":
+            work.announced_bytes += len(content) + objects.announced_data_size(header, content)
+        if object_id == work.message_id:
+            self._check_delivered_metadata(work, content, header)
+        largest = max(work.pulled_bytes, work.announced_bytes)  # both are lower bounds of the total
+        if largest > self.max_message_length:
+            self._fail(f"message {work.shown_id}: its objects exceed the {self.max_message_length}-byte "
+                       f"message limit (at least {largest} bytes)")
+        work.retry_at, work.retry_delay = 0.0, OBJECT_RETRY_FIRST
+        if len(work.pulled) < len(work.to_pull):
             return E.OBJECT
         try:
-            self._instruction = fleet_content.read_instruction(self._message, self._tree, self._pulled)
+            inflated = objects.inflate_message(work.tree, work.pulled, work.headers)
+            work.instruction = fleet_content.read_instruction(inflated)
         except FedprotoError as error:
-            self._fail(f"message {self._message_id}: {error}")
-        self._received_bytes = sum(map(len, self._pulled.values()))
-        self._pulled = {}  # the instruction holds what it needs
+            self._fail(f"message {work.shown_id}: {error}")
+        work.metadata = inflated.metadata
+        work.pulled, work.headers = {}, {}  # the instruction holds what it needs
         return E.LAST_OBJECT
 
-    def _on_ConfirmMessageReceived(self, response: ConfirmMessageReceivedResponse, now: float) -> Event:
-        return E.CONFIRMED
+    def _check_delivered_metadata(self, work: MessageWork, content: bytes, header: ObjectHeader) -> None:
+        """Invariant 4: PullMessages' copy of the metadata must be the hashed object's."""
+        try:
+            hashed = objects.message_metadata(work.message_id, content, header)
+        except ObjectError as error:
+            self._fail(f"message {work.shown_id}: {error}")
+        for name in COMPARED_METADATA:
+            delivered, inside = getattr(work.delivered, name), getattr(hashed, name)
+            if delivered != inside:
+                self._fail(f"message {work.shown_id}: PullMessages says {name} = "
+                           f"{bound_text(repr(delivered), ID_TEXT)}, the hashed Message object "
+                           f"{bound_text(repr(inside), ID_TEXT)}")
 
-    def _on_PushMessages(self, response: PushMessagesResponse, now: float) -> Event:
+    def _on_push_messages(self, response: PushMessagesResponse, now: float) -> Event:
+        work = self._work()
+        assert work.reply is not None
         wanted = list(response.objects_to_push)
-        unknown = [object_id for object_id in wanted if object_id not in self._reply.objects]
+        unknown = [object_id for object_id in wanted if object_id not in work.reply.objects]
         if unknown:
-            self._fail(f"PushMessages: asked for {len(unknown)} objects we do not have, e.g. {unknown[0]!r}")
+            self._fail(f"PushMessages: asked for {len(unknown)} objects we do not have, "
+                       f"e.g. {bound_text(unknown[0], ID_TEXT)!r}")
         wanted_set = set(wanted)
-        self._to_push = [object_id for object_id in self._reply.objects if object_id in wanted_set]
-        self._push_session, self._pushed = response.session_id, 0
-        if not self._to_push:
-            self._finish_message(now)
-            return E.NOTHING_TO_PUSH
-        return E.PUSH_ACCEPTED
+        work.to_push = [object_id for object_id in work.reply.objects if object_id in wanted_set]
+        work.push_session, work.pushed = response.session_id, 0
+        return E.PUSH_ACCEPTED if work.to_push else E.NOTHING_TO_PUSH
 
-    def _on_PushObject(self, response: PushObjectResponse, now: float) -> Event:
-        self._pushed += 1
-        if self._pushed < len(self._to_push):
-            return E.OBJECT_PUSHED
-        self._finish_message(now)
-        return E.LAST_OBJECT_PUSHED
-
-    def _on_DeactivateNode(self, response: DeactivateNodeResponse, now: float) -> Event:
-        return E.DEACTIVATED
-
-    def _on_UnregisterNode(self, response: UnregisterNodeFleetResponse, now: float) -> Event:
-        return E.UNREGISTERED
+    def _on_push_object(self, response: PushObjectResponse, now: float) -> Event:
+        work = self._work()
+        work.pushed += 1
+        return E.OBJECT_PUSHED if work.pushed < len(work.to_push) else E.LAST_OBJECT_PUSHED
 
     # ---- helpers -------------------------------------------------------------------------------
 
-    def _finish_message(self, now: float) -> None:
-        reply = self._reply
-        self.last_handled = Handled(
-            message_type=self._message.metadata.message_type, run_id=self._message.metadata.run_id,
-            received_bytes=self._received_bytes, sent_bytes=sum(map(len, reply.objects.values())),
-            handler_seconds=self._handler_seconds, error=reply.message.error.reason)
-        self.handled_count += 1
-        self._clear_message()
-        self._poll_at = now  # like flwr: look for the next message at once
-
-    def _clear_message(self) -> None:
-        self._message = Message()
-        self._message_id = ""
-        self._tree = ObjectTree()
-        self._to_pull: list[str] = []
-        self._pulled: dict[str, bytes] = {}
-        self._pull_started = 0.0
-        self._object_retry_at, self._object_retry_delay = 0.0, OBJECT_RETRY_FIRST
-        self._instruction: Any = None
-        self._received_bytes = 0
-        self._handler_launched = False
-        self._handler_started = 0.0
-        self._handler_seconds = 0.0
-        self._reply: Any = None
-        self._to_push: list[str] = []
-        self._pushed = 0
-        self._push_session = ""
+    def _work(self) -> MessageWork:
+        """The message in the works; a response about a message when there is none is invalid input."""
+        if self.work is None:
+            self._fail(f"a response about a message in state {self.state.name}, with no message in the works")
+        return self.work
 
     def _take_awaiting(self) -> str:
         if self.awaiting is None:
@@ -737,8 +876,7 @@ class NodeSession:
         if self.state is S.ERROR:
             raise NodeProtocolError("the session is in ERROR after invalid input; start a new one")
 
-    def _fail(self, reason: str) -> Any:
+    def _fail(self, reason: str) -> NoReturn:
         self.state = S.ERROR
         self.awaiting = None
         raise NodeProtocolError(reason)
-

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 import dataclasses
@@ -73,7 +74,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedproto import recorddict_pb2
-from fedproto.codec import TENSOR_TYPE, CodecError, bytes_to_ndarray, ndarray_to_bytes, read_npy_header
+from fedproto.codec import TENSOR_TYPE, CodecError, bytes_to_ndarray, ndarray_to_bytes
 from fedproto.error_pb2 import Error
 from fedproto.errors import FedprotoError
 from fedproto.message_pb2 import Message, Metadata, ObjectTree
@@ -116,6 +117,9 @@ class Array:
     shape: tuple[int, ...]
     stype: str
     data: bytes = dataclasses.field(repr=False)
+    # The read-only view of ``data`` that inflating decoded while checking it: its .npy header
+    # is parsed once, and to_numpy() hands out this view.
+    decoded: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_numpy(cls, ndarray: np.ndarray, field: str = "array") -> Array:
@@ -125,6 +129,8 @@ class Array:
 
     def to_numpy(self, field: str = "array") -> np.ndarray:
         """The tensor; dtype and shape come from the .npy header (a CodecError names ``field``)."""
+        if self.decoded is not None:
+            return self.decoded
         if self.stype != TENSOR_TYPE:
             raise CodecError(field, f"stype {bound_text(self.stype)!r} is not {TENSOR_TYPE!r}")
         return bytes_to_ndarray(self.data, field)
@@ -262,31 +268,56 @@ class _Deflater:
         return self.store(type_name, [], proto(items=items).SerializeToString())
 
 
+def check_record(record: ConfigRecord | MetricRecord, where: str) -> None:
+    """CodecError naming ``where[key]`` for the first value this record cannot carry."""
+    kinds, value_class = (
+        (_CONFIG_KINDS, recorddict_pb2.ConfigRecordValue) if isinstance(record, ConfigRecord)
+        else (_METRIC_KINDS, recorddict_pb2.MetricRecordValue)
+    )
+    for key, value in record.items():
+        _record_value(value, kinds, value_class, f"{where}[{_key(key, where)!r}]")
+
+
 def _key(key: object, where: str) -> str:
     if not isinstance(key, str):
         raise CodecError(where, f"keys are str, got {type(key).__name__}")
     return key
 
 
+class DeflatedContent(NamedTuple):
+    """A message's RecordDict as objects: its tree and its objects (id -> bytes, push order)."""
+
+    tree: ObjectTree
+    objects: dict[str, bytes]
+
+
+def deflate_content(content: RecordDict) -> DeflatedContent:
+    """The RecordDict of a message -> its objects; the heavy part of :func:`deflate_message`."""
+    if not isinstance(content, Mapping):
+        raise CodecError("content", f"expected a dict of records, got {type(content).__name__}")
+    deflater = _Deflater()
+    records = {
+        _key(name, "content"): deflater.record(record, f"content[{name!r}]") for name, record in content.items()
+    }
+    return DeflatedContent(deflater.mapping("RecordDict", records), deflater.objects)
+
+
 def deflate_message(
-    metadata: Metadata, content: RecordDict | None = None, error: Error | None = None
+    metadata: Metadata, content: RecordDict | DeflatedContent | None = None, error: Error | None = None
 ) -> DeflatedMessage:
     """A message -> its id, the proto for PushMessages, its ObjectTree and objects (flwr's deflate()).
 
-    ``metadata.message_id`` is ignored (the id is computed); exactly one of ``content`` and
-    ``error`` is given.
+    ``metadata.message_id`` is ignored (the id is computed); exactly one of ``content`` (a
+    RecordDict, or one :func:`deflate_content` made) and ``error`` is given.
     """
     if (content is None) == (error is None):
         raise ValueError("a message carries either content or an error, exactly one")
     deflater = _Deflater()
     children = []
     if content is not None:
-        if not isinstance(content, Mapping):
-            raise CodecError("content", f"expected a dict of records, got {type(content).__name__}")
-        records = {
-            _key(name, "content"): deflater.record(record, f"content[{name!r}]") for name, record in content.items()
-        }
-        children = [deflater.mapping("RecordDict", records)]
+        deflated = content if isinstance(content, DeflatedContent) else deflate_content(content)
+        deflater.objects.update(deflated.objects)
+        children = [deflated.tree]
     body_metadata = Metadata()
     body_metadata.CopyFrom(metadata)
     body_metadata.message_id = ""
@@ -379,6 +410,51 @@ def tree_object_ids(object_tree: ObjectTree) -> list[str]:
     return list(ids)
 
 
+def pull_order(object_tree: ObjectTree) -> list[str]:
+    """The ids to pull, parents before children, level by level, each once (the tree is checked first).
+
+    The Message object comes first and every Array before any ArrayChunk, so a node learns the
+    metadata and how much array data a message announces before it downloads the data.
+    """
+    tree_object_ids(object_tree)  # ids, depth and cycles
+    order: dict[str, None] = {}
+    level = [object_tree]
+    while level:
+        for tree in level:
+            order.setdefault(tree.object_id)
+        level = [child for tree in level for child in tree.children]
+    return list(order)
+
+
+def _body(content: bytes, header: ObjectHeader) -> memoryview:
+    return memoryview(content)[len(content) - header.body_length :]
+
+
+def message_metadata(oid: str, content: bytes, header: ObjectHeader) -> Metadata:
+    """The metadata inside a checked Message object (what its id, the message id, covers)."""
+    if header.type_name != "Message":
+        raise ObjectError(oid, f"a {header.type_name} where the Message (the tree's root) belongs")
+    return _parse_proto(oid, _body(content, header), Message).metadata
+
+
+def announced_data_size(header: ObjectHeader, content: bytes) -> int:
+    """The data bytes a checked Array object announces (dtype x shape); 0 if it does not say.
+
+    flwr's legacy layout leaves dtype and shape empty; a body that does not parse is refused
+    later, when the message is inflated. Only used to refuse a message early.
+    """
+    if header.type_name != "Array":
+        return 0
+    try:
+        meta = json.loads(bytes(_body(content, header)))
+        dtype, shape = meta["dtype"], meta["shape"]
+        if not isinstance(dtype, str) or not dtype or len(dtype) > 32 or not _int_list(shape, lambda n: n >= 0):
+            return 0
+        return math.prod(shape) * np.dtype(dtype).itemsize
+    except Exception:  # hostile JSON or dtype text: inflating names the problem
+        return 0
+
+
 def _parse_json(oid: str, body: memoryview) -> object:
     def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
         result = dict(pairs)
@@ -402,9 +478,10 @@ def _parse_proto(oid: str, body: memoryview, proto_class: type):
 class _Inflater:
     """Walks the ObjectTree, checking every object against its place in it."""
 
-    def __init__(self, objects: Mapping[str, bytes]) -> None:
+    def __init__(self, objects: Mapping[str, bytes], checked: Mapping[str, ObjectHeader]) -> None:
         self.objects = objects
-        self.headers: dict[str, ObjectHeader] = {}  # checked objects: each is hashed once
+        self.checked = checked  # headers the caller got from check_object on pull: not hashed again
+        self.headers: dict[str, ObjectHeader] = {}  # objects met so far: each is hashed once
         self.object_bytes = 0
         self.arrays: dict[str, Array] = {}
         self.array_bytes = 0
@@ -419,7 +496,8 @@ class _Inflater:
             self.object_bytes += len(content)
             if self.object_bytes > MAX_MESSAGE_LENGTH:
                 raise ObjectError(oid, f"the message's objects exceed {MAX_MESSAGE_LENGTH} bytes")
-            header = self.headers[oid] = check_object(oid, content)
+            header = self.checked.get(oid) or check_object(oid, content)
+            self.headers[oid] = header
         if header.type_name not in type_names:
             raise ObjectError(oid, f"a {header.type_name} where {place} belongs")
         tree_child_ids = tuple(child.object_id for child in tree.children)
@@ -428,8 +506,7 @@ class _Inflater:
                 oid, f"object tree lists children {bound_text(str(list(tree_child_ids)))}, "
                 f"the header {bound_text(str(list(header.child_ids)))}"
             )
-        content = self.objects[oid]
-        return header, memoryview(content)[len(content) - header.body_length :]
+        return header, _body(self.objects[oid], header)
 
     def message(self, tree: ObjectTree) -> InflatedMessage:
         header, body = self.open(tree, frozenset({"Message"}), "the Message (the tree's root)")
@@ -525,8 +602,8 @@ class _Inflater:
         if self.array_bytes > MAX_MESSAGE_LENGTH:
             raise ObjectError(oid, f"the message's arrays would inflate to more than {MAX_MESSAGE_LENGTH} bytes")
         data = b"".join(chunks[index] for index in indices)
-        _check_array_data(oid, dtype, tuple(shape), stype, data)
-        array = self.arrays[oid] = Array(dtype, tuple(shape), stype, data)
+        decoded = _decode_array_data(oid, dtype, tuple(shape), stype, data)
+        array = self.arrays[oid] = Array(dtype, tuple(shape), stype, data, decoded)
         return array
 
     def chunk(self, tree: ObjectTree) -> memoryview:
@@ -541,31 +618,36 @@ def _int_list(value: object, accept: Callable[[int], bool]) -> bool:
     return isinstance(value, list) and all(type(item) is int and accept(item) for item in value)
 
 
-def _check_array_data(oid: str, dtype: str, shape: tuple[int, ...], stype: str, data: bytes) -> None:
-    """The data is one valid .npy whose dtype and shape the metadata repeats (or leaves empty)."""
+def _decode_array_data(oid: str, dtype: str, shape: tuple[int, ...], stype: str, data: bytes) -> np.ndarray | None:
+    """The data as a read-only array: one valid .npy whose dtype and shape the metadata repeats
+    (or leaves empty). None for flwr's "_empty" marker of a legacy instruction without tensors."""
     if stype != TENSOR_TYPE:
         raise ObjectError(oid, f"stype {bound_text(stype)!r} is not supported (only {TENSOR_TYPE!r})")
     legacy = dtype == "" and shape == ()  # flwr's recorddict_compat leaves both empty
     if not data:
         if not legacy:
             raise ObjectError(oid, f"no data for a {bound_text(dtype)} {shape} array")
-        return  # flwr's "_empty" marker for a legacy instruction without tensors
+        return None
     try:
-        npy = read_npy_header(data, f"Array {oid}")
+        array = bytes_to_ndarray(data, f"Array {oid}")
     except CodecError as error:
         raise ObjectError(oid, f"chunks do not form one valid .npy: {error.reason}") from None
-    if not legacy and (dtype != str(npy.dtype) or shape != npy.shape):
+    if not legacy and (dtype != str(array.dtype) or shape != array.shape):
         raise ObjectError(
-            oid, f"metadata says {bound_text(dtype)} {shape}, the .npy holds {npy.dtype} {npy.shape}"
+            oid, f"metadata says {bound_text(dtype)} {shape}, the .npy holds {array.dtype} {array.shape}"
         )
+    return array
 
 
-def inflate_message(object_tree: ObjectTree, objects: Mapping[str, bytes]) -> InflatedMessage:
+def inflate_message(
+    object_tree: ObjectTree, objects: Mapping[str, bytes], checked: Mapping[str, ObjectHeader] | None = None
+) -> InflatedMessage:
     """The pulled objects of one message (every id of ``object_tree``) -> metadata and content or error.
 
     ``object_tree`` is the one PullMessages returned with the message; ``objects`` maps each id to
-    the bytes PullObject returned (extra entries are ignored). Every check is made here, whether
-    or not the caller ran :func:`check_object` on each pull.
+    the bytes PullObject returned (extra entries are ignored). ``checked`` holds the headers
+    :func:`check_object` returned for objects already checked on pull: those are not hashed again.
+    Every other check is made here.
     """
     tree_object_ids(object_tree)  # ids, depth and cycles, before any object is read
-    return _Inflater(objects).message(object_tree)
+    return _Inflater(objects, checked or {}).message(object_tree)

@@ -92,6 +92,33 @@ class PropertiesClient(DeltaClient):
         return {"client": self.client, "has_gpu": False, "memory_mb": 64.5, "echo": repr(config)}
 
 
+class InPlaceClient(DeltaClient):
+    """DeltaClient that trains in place (``parameter += delta``) and keeps a reference to every
+    array it was given or returned; each call checks that nothing has changed them since."""
+
+    def __init__(self, client: int, record: str | None, fail_fit_round: int | None) -> None:
+        super().__init__(client, record, fail_fit_round)
+        self.kept: list[tuple[np.ndarray, np.ndarray]] = []  # (array, a copy of its values then)
+
+    def fit(self, parameters, config):
+        self._check_kept()
+        self._record("fit", config)
+        for parameter, delta in zip(parameters, fit_delta(self.client, config["server_round"])):
+            parameter += delta.astype(parameter.dtype)
+        self.kept += [(parameter, parameter.copy()) for parameter in parameters]
+        return parameters, fit_examples(self.client), fit_metrics(self.client, config["server_round"])
+
+    def evaluate(self, parameters, config):
+        self._check_kept()
+        self.kept += [(parameter, parameter.copy()) for parameter in parameters]
+        return super().evaluate(parameters, config)
+
+    def _check_kept(self) -> None:
+        for array, values in self.kept:
+            if not np.array_equal(array, values):
+                raise RuntimeError("an array this handler kept was changed behind its back")
+
+
 def _from_environment(cls):
     fail_round = os.environ.get("HANDLER_FAIL_FIT_ROUND")
     return cls(
@@ -107,3 +134,7 @@ def delta_client() -> DeltaClient:
 
 def properties_client() -> PropertiesClient:
     return _from_environment(PropertiesClient)
+
+
+def in_place_client() -> InPlaceClient:
+    return _from_environment(InPlaceClient)

@@ -335,7 +335,7 @@ class Raising(Recorder):
 )
 def test_handler_exception_is_a_non_ok_status_and_the_session_goes_on(kind, message, caplog):
     session = ClientSession(Raising())
-    with caplog.at_level(logging.ERROR, logger="fedproto.dispatch"):
+    with caplog.at_level(logging.ERROR, logger="fedproto.handler"):
         reply = session.receive(server_message(kind))
     status = reply_of(reply).status
     assert (status.code, status.message) == (FAILURE_CODES[kind], message)
@@ -368,29 +368,29 @@ OBJECT_ARRAY = np.array([{"a": 1}], dtype=object)
 WRONG_RESULTS = [
     ("fit_ins", (WEIGHTS, 10), "fit must return (parameters, num_examples, metrics), got a tuple of 2"),
     ("fit_ins", None, "fit must return (parameters, num_examples, metrics), got NoneType"),
-    ("fit_ins", (WEIGHTS, 10.0, {}), "FitRes.num_examples: expected an int, got float"),
-    ("fit_ins", (WEIGHTS, "10", {}), "FitRes.num_examples: expected an int, got str"),
-    ("fit_ins", (WEIGHTS, -1, {}), "FitRes.num_examples: expected a non-negative int64, got -1"),
-    ("fit_ins", (WEIGHTS, True, {}), "FitRes.num_examples: expected a non-negative int64, got True"),
+    ("fit_ins", (WEIGHTS, 10.0, {}), "num_examples: expected an int, got float"),
+    ("fit_ins", (WEIGHTS, "10", {}), "num_examples: expected an int, got str"),
+    ("fit_ins", (WEIGHTS, -1, {}), "num_examples: expected a non-negative int64, got -1"),
+    ("fit_ins", (WEIGHTS, True, {}), "num_examples: expected a non-negative int64, got True"),
     ("fit_ins", (WEIGHTS, 2**63, {}),
-     "FitRes.num_examples: expected a non-negative int64, got 9223372036854775808"),
-    ("fit_ins", ([OBJECT_ARRAY], 10, {}), "FitRes.parameters.tensors[0]: object arrays are not accepted"),
-    ("fit_ins", (WEIGHTS[0], 10, {}), "FitRes.parameters: expected a list of ndarrays, got a single ndarray"),
+     "num_examples: expected a non-negative int64, got 9223372036854775808"),
+    ("fit_ins", ([OBJECT_ARRAY], 10, {}), "parameters[0]: object arrays are not accepted"),
+    ("fit_ins", (WEIGHTS[0], 10, {}), "parameters: expected a list of ndarrays, got a single ndarray"),
     ("fit_ins", (WEIGHTS, 10, {"m": [1]}),
-     "FitRes.metrics['m']: list is not a Scalar kind (use bool, bytes, float, int or str)"),
-    ("fit_ins", (WEIGHTS, 10, None), "FitRes.metrics: expected a dict of Scalars, got NoneType"),
+     "metrics['m']: list is not a Scalar kind (use bool, bytes, float, int or str)"),
+    ("fit_ins", (WEIGHTS, 10, None), "metrics: expected a dict with str keys, got NoneType"),
     ("evaluate_ins", [0.5, 10], "evaluate must return (loss, num_examples, metrics), got a list of 2"),
-    ("evaluate_ins", ("0.5", 10, {}), "EvaluateRes.loss: expected a float, got str"),
-    ("evaluate_ins", (None, 10, {}), "EvaluateRes.loss: expected a float, got NoneType"),
-    ("evaluate_ins", (0.5, -3, {}), "EvaluateRes.num_examples: expected a non-negative int64, got -3"),
+    ("evaluate_ins", ("0.5", 10, {}), "loss: expected a float, got str"),
+    ("evaluate_ins", (None, 10, {}), "loss: expected a float, got NoneType"),
+    ("evaluate_ins", (0.5, -3, {}), "num_examples: expected a non-negative int64, got -3"),
     ("evaluate_ins", (0.5, 10, {"m": None}),
-     "EvaluateRes.metrics['m']: NoneType is not a Scalar kind (use bool, bytes, float, int or str)"),
-    ("get_properties_ins", None, "GetPropertiesRes.properties: expected a dict of Scalars, got NoneType"),
+     "metrics['m']: NoneType is not a Scalar kind (use bool, bytes, float, int or str)"),
+    ("get_properties_ins", None, "properties: expected a dict with str keys, got NoneType"),
     ("get_properties_ins", {"k": 2**64},
-     "GetPropertiesRes.properties['k']: int 18446744073709551616 does not fit in sint64 or uint64"),
+     "properties['k']: int 18446744073709551616 does not fit in sint64 or uint64"),
     ("get_parameters_ins", [OBJECT_ARRAY],
-     "GetParametersRes.parameters.tensors[0]: object arrays are not accepted"),
-    ("get_parameters_ins", None, "GetParametersRes.parameters: expected a list of ndarrays, got NoneType"),
+     "parameters[0]: object arrays are not accepted"),
+    ("get_parameters_ins", None, "parameters: expected a list of ndarrays, got NoneType"),
 ]
 
 

@@ -23,7 +23,7 @@ def instruction(message_type: str, content: dict) -> tuple[Metadata, fleet_conte
                         message_type=message_type, created_at=1_800_000_000.0, ttl=3600.0)
     deflated = objects.deflate_message(metadata, content)
     metadata.message_id = deflated.message_id
-    return metadata, read_instruction(deflated.message, deflated.object_tree, deflated.objects)
+    return metadata, read_instruction(objects.inflate_message(deflated.object_tree, deflated.objects))
 
 
 def reply_content(metadata: Metadata, result: fleet_content.Answer, now: float = 1_800_000_010.0):
@@ -75,7 +75,7 @@ def test_message_api_train():
     handler = Handler()
     content = {"arrays": array_record({"w": W, "b": B}), "config": objects.ConfigRecord({"server-round": 2, "lr": 0.1})}
     metadata, ins = instruction("train", content)
-    assert (ins.layout, ins.method, ins.array_keys) == ("message-api", "fit", ["w", "b"])
+    assert (ins.layout, ins.call.method, ins.array_keys) == ("message-api", "fit", ["w", "b"])
     deflated, inflated = reply_content(metadata, answer(handler, ins))
     name, parameters, config = handler.calls[0]
     assert [p.tolist() for p in parameters] == [W.tolist(), B.tolist()]  # in the record's key order
@@ -113,7 +113,7 @@ def test_legacy_fit():
     content = {"fitins.parameters": legacy_array_record([W, B]),
                "fitins.config": objects.ConfigRecord({"server_round": 4})}
     metadata, ins = instruction("train", content)
-    assert (ins.layout, ins.method) == ("legacy", "fit")
+    assert (ins.layout, ins.call.method) == ("legacy", "fit")
     _, inflated = reply_content(metadata, answer(handler, ins))
     _, parameters, config = handler.calls[0]
     assert parameters[0].dtype == np.float32 and parameters[0].shape == (2, 3)  # from the .npy headers
@@ -133,7 +133,7 @@ def test_legacy_arrays_are_ordered_by_integer_key():
     record = legacy_array_record(arrays)
     shuffled = objects.ArrayRecord({key: record[key] for key in sorted(record)})  # "0", "1", "10", "11", "2"...
     _, ins = instruction("train", {"fitins.parameters": shuffled, "fitins.config": objects.ConfigRecord({})})
-    assert [float(a[0]) for a in ins.arrays] == [float(i) for i in range(12)]
+    assert [float(a[0]) for a in ins.call.parameters] == [float(i) for i in range(12)]
 
 
 def test_legacy_evaluate():
@@ -231,7 +231,7 @@ LEGACY_TRAIN = {"fitins.parameters": legacy_array_record([W]), "fitins.config": 
 @pytest.mark.parametrize("handler, message_type, content, reason", [
     (Raises(), "train", TRAIN, "fit raised RuntimeError: out of memory"),
     (Raises(), "train", LEGACY_TRAIN, "fit raised RuntimeError: out of memory"),
-    (WrongShape(), "train", TRAIN, "fit returned an invalid result: fit returned 1 arrays for the 2 received"),
+    (WrongShape(), "train", TRAIN, "fit returned an invalid result: parameters: 1 arrays for the 2 received"),
     (WrongKind(), "evaluate", TRAIN, "evaluate returned an invalid result: loss: expected a float, got str"),
     (Missing(), "train", TRAIN, "Client does not implement `fit`"),
     (Handler(), "reboot", TRAIN, "unsupported message: message type 'reboot' is not train/evaluate/query; "
@@ -256,7 +256,7 @@ def test_instruction_objects_that_do_not_decode_raise_object_error():
     chunk_id = next(oid for oid, data in pulled.items() if data.startswith(b"ArrayChunk "))
     del pulled[chunk_id]
     with pytest.raises(objects.ObjectError):
-        read_instruction(deflated.message, deflated.object_tree, pulled)
+        read_instruction(objects.inflate_message(deflated.object_tree, pulled))
 
 
 # ------------------------------------------------------------------ reply metadata

@@ -92,9 +92,9 @@ class FakeContent:
         self.read = []
         self.built = []
 
-    def read_instruction(self, message, tree, pulled):
-        self.read.append(dict(pulled))
-        return ("instruction", message.metadata.message_type)
+    def read_instruction(self, inflated):
+        self.read.append(inflated.message_id)
+        return ("instruction", inflated.metadata.message_type)
 
     def answer(self, handler, instruction):
         return handler(instruction)
@@ -168,7 +168,7 @@ def pull_objects(session: NodeSession, now: float) -> None:
         answer(session, PullObjectResponse(object_found=True, object_available=True,
                                            object_content=OBJECTS[request.object_id]), now)
     assert sorted(asked) == sorted(OBJECTS)  # every object once
-    assert asked[-1] == MESSAGE_ID  # children before parents
+    assert asked[0] == MESSAGE_ID  # parents before children: the Message object first
     assert session.state is State.CONFIRM
 
 
@@ -226,7 +226,7 @@ def scenario_one_message_end_to_end(content):
     assert session.next_step(1.0) == Wait(3.0)
     deliver(session, 3.0)
     pull_all(session, 3.0)
-    assert content.read == [OBJECTS]
+    assert content.read == [MESSAGE_ID]
     result = run_handler(session, 3.5)
     assert result == ("answered", ("instruction", "train"))
     assert session.next_step(4.0) == Wait(20.0)  # the handler runs: only heartbeats until it ends
@@ -297,8 +297,9 @@ def scenario_object_not_found_drops_the_message(content):
     deliver(session, 0.0)
     expect_send(session, 0.0, "PullObject", PullObjectRequest)
     answer(session, PullObjectResponse(object_found=False), 0.0)
-    assert session.state is State.IDLE
-    expect_send(session, 0.0, "PullMessages", PullMessagesRequest)
+    assert session.state is State.IDLE and session.work is None
+    assert session.next_step(0.0) == Wait(3.0)  # not at once: a SuperLink may offer it again
+    expect_send(session, 3.0, "PullMessages", PullMessagesRequest)
 
 
 def scenario_run_not_running_drops_the_message(content):
@@ -323,8 +324,9 @@ def scenario_run_not_running_drops_the_message(content):
                 answer(session, response(request), 0.0)
             assert isinstance(session.next_step(0.0), Send)
             session.refused(refusal, 0.0)
-            assert session.state is State.IDLE
-            expect_send(session, 0.0, "PullMessages", PullMessagesRequest)
+            assert session.state is State.IDLE and session.work is None
+            assert session.next_step(0.0) == Wait(3.0)
+            expect_send(session, 3.0, "PullMessages", PullMessagesRequest)
 
 
 def scenario_nothing_to_push(content):
@@ -464,6 +466,7 @@ def scenario_a_stale_handler_result_is_dropped(content):
         _walk_to(session, State.HANDLING)
         expect_send(session, 25.0, "SendNodeHeartbeat", SendNodeHeartbeatRequest)
         session.refused(Refusal.NODE_UNKNOWN, 25.0)
+        assert session.next_step(25.0) == Wait(26.0)  # registering again after 1 s
         steps = [
             (State.REGISTER, "RegisterNode", RegisterNodeFleetRequest, RegisterNodeFleetResponse()),
             (State.ACTIVATE, "ActivateNode", ActivateNodeRequest, ActivateNodeResponse(node_id=NODE_ID)),
@@ -471,25 +474,25 @@ def scenario_a_stale_handler_result_is_dropped(content):
         for state, rpc, request_type, response in steps:
             if state is ends_in:
                 break
-            expect_send(session, 25.0, rpc, request_type)
-            answer(session, response, 25.0)
+            expect_send(session, 26.0, rpc, request_type)
+            answer(session, response, 26.0)
         else:
-            expect_send(session, 25.0, "SendNodeHeartbeat", SendNodeHeartbeatRequest)
-            answer(session, SendNodeHeartbeatResponse(success=True), 25.0)
+            expect_send(session, 26.0, "SendNodeHeartbeat", SendNodeHeartbeatRequest)
+            answer(session, SendNodeHeartbeatResponse(success=True), 26.0)
             if ends_in is not State.IDLE:
-                deliver(session, 25.0)
+                deliver(session, 26.0)
             if ends_in in (State.CONFIRM, State.HANDLING):
-                pull_objects(session, 25.0)
+                pull_objects(session, 26.0)
             if ends_in is State.HANDLING:
-                expect_send(session, 25.0, "ConfirmMessageReceived", ConfirmMessageReceivedRequest)
-                answer(session, ConfirmMessageReceivedResponse(), 25.0)
-                assert session.next_step(25.0) == Wait(45.0)  # no second handler while one runs
+                expect_send(session, 26.0, "ConfirmMessageReceived", ConfirmMessageReceivedRequest)
+                answer(session, ConfirmMessageReceivedResponse(), 26.0)
+                assert session.next_step(26.0) == Wait(46.0)  # no second handler while one runs
         assert session.state is ends_in
-        session.handler_finished("stale", 26.0)
+        session.handler_finished("stale", 27.0)
         assert session.state is ends_in
         assert content.built == []  # never sent
         if ends_in is State.HANDLING:  # now the new message's handler starts
-            assert isinstance(session.next_step(26.0), RunHandler)
+            assert isinstance(session.next_step(27.0), RunHandler)
     # Stopped while fit runs: fit ends during DEACTIVATE or UNREGISTER.
     for ends_in in (State.DEACTIVATE, State.UNREGISTER):
         session = online(now=0.0)
@@ -518,9 +521,9 @@ def test_every_transition_is_exercised(monkeypatch):
     visited = set()
     fire = NodeSession._fire
 
-    def recording_fire(self, event):
+    def recording_fire(self, event, now):
         key = (self.state, event)
-        action = fire(self, event)
+        action = fire(self, event, now)
         visited.add(key)
         return action
 
@@ -564,6 +567,8 @@ def test_docstring_table_matches_the_transitions():
                 target = state
             elif next_state == "(next)":
                 target = follows[state]
+            elif next_state == "(refused)":
+                target = {State.REGISTER: State.DONE, State.ACTIVATE: State.UNREGISTER}[state]
             else:
                 target = State[next_state]
             key = (state, Event(event))
@@ -697,10 +702,10 @@ def test_object_with_a_lying_header():
 
 
 def test_content_that_does_not_decode(content):
-    def refuse(message, pulled):
+    def refuse(inflated):
         raise FedprotoError("ArrayChunk index 9 out of range")
 
-    content.read_instruction = lambda message, tree, pulled: refuse(message, pulled)
+    content.read_instruction = refuse
     session = online()
     deliver(session, 0.0)
     for _ in range(len(OBJECTS) - 1):
@@ -743,3 +748,131 @@ def test_calls_out_of_turn():
     with pytest.raises(NodeUsageError):
         session.stop(0.0)
     assert session.state is State.REGISTER  # misuse is not the peer's fault: no ERROR
+
+
+# ------------------------------------------------------------------ a hostile or broken SuperLink
+
+
+def test_registering_again_backs_off_while_the_superlink_keeps_forgetting_the_node():
+    """A heartbeat answered success = false forever: re-registration waits 1, 2, 4, ... 60 s."""
+    session = online(now=0.0)
+    now, registrations, requests = 0.0, [], 0
+    while now < 1800.0:  # half an hour of a SuperLink that forgets the node at every heartbeat
+        step = session.next_step(now)
+        if isinstance(step, Wait):
+            now = step.until
+            continue
+        requests += 1
+        if step.rpc == "SendNodeHeartbeat":
+            answer(session, SendNodeHeartbeatResponse(success=False), now)
+        elif step.rpc == "RegisterNode":
+            registrations.append(now)
+            answer(session, RegisterNodeFleetResponse(), now)
+        elif step.rpc == "ActivateNode":
+            answer(session, ActivateNodeResponse(node_id=NODE_ID), now)
+        else:
+            answer(session, PullMessagesResponse(), now)
+    gaps = [later - earlier for earlier, later in zip(registrations, registrations[1:])]
+    assert gaps[:7] == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert registrations[0] == 21.0 and set(gaps[5:]) == {60.0}  # forgotten at the 20 s heartbeat
+    assert requests <= 3 * 1800 / 60 + 20  # register + activate + heartbeat a minute, after the warm-up
+
+
+def test_registering_again_starts_over_after_a_node_stayed_known():
+    session = online(now=0.0)
+    for forgotten_at, expected_delay in ((10.0, 1.0), (20.0, 2.0), (200.0, 1.0)):
+        assert isinstance(session.next_step(forgotten_at), Send)
+        session.refused(Refusal.NODE_UNKNOWN, forgotten_at)  # 401: the SuperLink forgot us
+        assert session.next_step(forgotten_at) == Wait(forgotten_at + expected_delay)
+        now = forgotten_at + expected_delay
+        expect_send(session, now, "RegisterNode", RegisterNodeFleetRequest)
+        answer(session, RegisterNodeFleetResponse(), now)
+        expect_send(session, now, "ActivateNode", ActivateNodeRequest)
+        answer(session, ActivateNodeResponse(node_id=NODE_ID), now)
+
+
+def test_metadata_that_the_message_id_does_not_cover_is_refused(content):
+    """PullMessages says evaluate / run 999, the hashed Message object train / run 5."""
+    forged = Message()
+    forged.CopyFrom(instruction_message())
+    forged.metadata.message_type, forged.metadata.run_id = "evaluate", 999
+    session = online()
+    deliver(session, 0.0, forged)
+    request = expect_send(session, 0.0, "PullObject", PullObjectRequest)
+    assert request.object_id == MESSAGE_ID  # the Message object is pulled first
+    response = PullObjectResponse(object_found=True, object_available=True, object_content=OBJECTS[MESSAGE_ID])
+    hostile(session, response.SerializeToString(), "PullMessages says run_id = 999, the hashed Message object 5")
+    assert content.read == []  # the handler never saw it
+
+
+def big_instruction(arrays: int, size: int) -> objects.DeflatedMessage:
+    content = {"arrays": objects.ArrayRecord({f"w{i}": objects.Array.from_numpy(np.full(size, i, np.uint8))
+                                              for i in range(arrays)})}
+    return objects.deflate_message(Metadata(run_id=5, src_node_id=SUPERLINK_NODE, dst_node_id=NODE_ID,
+                                            message_type="train", created_at=1000.0, ttl=600.0), content)
+
+
+@pytest.mark.parametrize("arrays, size, pulled_before_refusal", [
+    (12, 200, 15),  # 12 Arrays of 200 bytes: refused after the Arrays, before any chunk
+    (1, 5000, 4),  # one Array announcing 5000 bytes: refused as soon as it is pulled
+])
+def test_a_message_over_the_limit_is_refused_before_its_chunks_are_downloaded(arrays, size, pulled_before_refusal):
+    message = big_instruction(arrays, size)
+    announced = sum(len(data) for data in message.objects.values() if not data.startswith(b"ArrayChunk "))
+    limit = announced + arrays * size - 1  # the chunks (data + .npy headers) would go further still
+    session = online(max_message_length=limit)
+    deliver(session, 0.0, message.message, message.object_tree)
+    asked = []
+    with pytest.raises(NodeProtocolError, match=f"exceed the {limit}-byte message limit"):
+        while True:
+            request = expect_send(session, 0.0, "PullObject", PullObjectRequest)
+            asked.append(request.object_id)
+            answer(session, PullObjectResponse(object_found=True, object_available=True,
+                                               object_content=message.objects[request.object_id]), 0.0)
+    assert len(asked) == pulled_before_refusal
+    assert not any(message.objects[oid].startswith(b"ArrayChunk ") for oid in asked)
+    assert session.state is State.ERROR
+
+
+def test_legacy_arrays_without_announced_sizes_stop_at_the_running_total():
+    """flwr's legacy layout leaves dtype and shape empty: the running total stops the download."""
+    data = [objects.Array.from_numpy(np.full(400, i, np.uint8)).data for i in range(10)]
+    content = {"fitins.parameters": objects.ArrayRecord({str(i): objects.Array("", (), "numpy.ndarray", d)
+                                                         for i, d in enumerate(data)}),
+               "fitins.config": objects.ConfigRecord({})}
+    message = objects.deflate_message(Metadata(run_id=5, src_node_id=SUPERLINK_NODE, dst_node_id=NODE_ID,
+                                               message_type="train", created_at=1000.0, ttl=600.0), content)
+    session = online(max_message_length=2000)
+    deliver(session, 0.0, message.message, message.object_tree)
+    chunks = 0
+    with pytest.raises(NodeProtocolError, match="exceed the 2000-byte message limit"):
+        while True:
+            request = expect_send(session, 0.0, "PullObject", PullObjectRequest)
+            chunks += message.objects[request.object_id].startswith(b"ArrayChunk ")
+            answer(session, PullObjectResponse(object_found=True, object_available=True,
+                                               object_content=message.objects[request.object_id]), 0.0)
+    assert chunks <= 3  # about 2000 bytes of objects, not the 10 chunks named
+
+
+def test_each_pulled_object_is_hashed_once_and_each_npy_header_read_once(monkeypatch):
+    from fedproto import codec, fleet_content
+
+    monkeypatch.setattr(node_module, "fleet_content", fleet_content)  # the real mapping, not the stand-in
+    hashed, headers = [], []
+    real_object_id, real_header = objects.object_id, codec.read_npy_header
+    monkeypatch.setattr(objects, "object_id", lambda data: hashed.append(data) or real_object_id(data))
+    monkeypatch.setattr(codec, "read_npy_header", lambda *a, **k: headers.append(1) or real_header(*a, **k))
+    session = online()
+    deliver(session, 0.0)
+    pull_objects(session, 0.0)
+    assert sorted(hashed) == sorted(OBJECTS.values())  # once each, on pull
+    assert len(headers) == 1  # INSTRUCTION has one Array
+
+
+def test_abandoned_request_leaves_the_session_as_before_it():
+    session = online()
+    expect_send(session, 0.0, "PullMessages", PullMessagesRequest)
+    session.abandon()
+    assert (session.state, session.awaiting) == (State.IDLE, None)
+    session.stop(0.0)
+    expect_send(session, 0.0, "DeactivateNode", DeactivateNodeRequest)

@@ -85,3 +85,31 @@ class ArithmeticClient:
     def evaluate(self, parameters, config):
         loss = evaluate_loss(self.client, parameters)
         return loss, evaluate_examples(self.client), {"client": self.client}
+
+
+class InPlaceClient(ArithmeticClient):
+    """Trains in place (``parameter += delta``), as most NumPy training code does, and keeps a
+    reference to every array it was given or returned: each call checks that nothing has
+    changed them since, so a library that hands out shared or reused buffers fails the round."""
+
+    def __init__(self, client: int, fail_fit_round: int = 0, fit_sleep: float = 0.0) -> None:
+        super().__init__(client, fail_fit_round, fit_sleep)
+        self.kept: list[tuple[np.ndarray, np.ndarray]] = []  # (array, a copy of its values then)
+
+    def fit(self, parameters, config):
+        self._check_kept()
+        server_round = int(config["server-round"])
+        for parameter in parameters:
+            parameter += fit_delta(self.client, server_round, parameter.shape, parameter.dtype)
+        self.kept += [(parameter, parameter.copy()) for parameter in parameters]
+        return parameters, fit_examples(self.client), {"client": self.client, "round": server_round}
+
+    def evaluate(self, parameters, config):
+        self._check_kept()
+        self.kept += [(parameter, parameter.copy()) for parameter in parameters]
+        return super().evaluate(parameters, config)
+
+    def _check_kept(self) -> None:
+        for array, values in self.kept:
+            if not np.array_equal(array, values):
+                raise RuntimeError("an array this handler kept was changed behind its back")
