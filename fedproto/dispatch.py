@@ -66,6 +66,7 @@ from fedproto.handler import TAKES_ARRAYS, Call, HandlerFailure, Result, serve
 from fedproto.tensor_formats import EncodedTensors, decode_tensors, encode_tensors
 from fedproto.transport_pb2 import ClientMessage, Code, Reason, ServerMessage, Status
 
+
 class State(enum.Enum):
     JOINED = "joined"  # stream open, waiting for the next instruction
     RECONNECT = "reconnect"  # answered ReconnectIns(seconds > 0): close, wait, join again
@@ -103,9 +104,13 @@ AFTER_REFUSAL: dict[State, State] = {
 }
 
 
+# The tensors framing lifted out of a message's bytes: views of those bytes.
+Tensors = list[memoryview]
+
+
 class Instruction(NamedTuple):
     method: str  # handler method to call
-    failure_code: int  # Status code when the handler cannot answer
+    failure_code: Code  # Status code when the handler cannot answer
     ins_name: str  # message names, for error texts
     res_name: str
 
@@ -169,7 +174,7 @@ class ClientSession:
             body.parameters.tensors.extend(b"".join(pieces) for pieces in tensors.tensors)
         return reply
 
-    def _run(self, message: ServerMessage, tensors: list | None) -> tuple[ClientMessage, EncodedTensors | None]:
+    def _run(self, message: ServerMessage, tensors: Tensors | None) -> tuple[ClientMessage, EncodedTensors | None]:
         """The reply, and its tensors still apart from it (None: a reply without Parameters).
 
         ``tensors``: the instruction's tensors when they were lifted out of its bytes, else None
@@ -178,7 +183,8 @@ class ClientSession:
         try:
             received = self._received(message)
             transition = TRANSITIONS[(self.state, received)]
-            answer = getattr(self, transition.handler)(message, transition.reply, tensors)
+            answer: tuple[ClientMessage, EncodedTensors | None] = getattr(self, transition.handler)(
+                message, transition.reply, tensors)
         except ProtocolError:
             self.state = AFTER_REFUSAL[self.state]
             raise
@@ -189,7 +195,7 @@ class ClientSession:
         """The message's name in the table; ProtocolError if no row can take it."""
         if self.state is not State.JOINED:
             raise ProtocolError(f"ServerMessage received after the stream ended ({self.state.value})")
-        kind = message.WhichOneof("msg")
+        kind: str | None = message.WhichOneof("msg")
         if kind is None:
             raise ProtocolError("ServerMessage: no instruction set (empty oneof 'msg')")
         self.last_received = kind
@@ -201,16 +207,16 @@ class ClientSession:
 
     def _come_back_later(self, message: ServerMessage, reply: str, tensors: None) -> tuple[ClientMessage, None]:
         self.reconnect_after = message.reconnect_ins.seconds
-        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.RECONNECT)}), None
+        return ClientMessage(disconnect_res=ClientMessage.DisconnectRes(reason=Reason.RECONNECT)), None
 
     def _leave(self, message: ServerMessage, reply: str, tensors: None) -> tuple[ClientMessage, None]:
         self.reconnect_after = 0
-        return ClientMessage(**{reply: ClientMessage.DisconnectRes(reason=Reason.ACK)}), None
+        return ClientMessage(disconnect_res=ClientMessage.DisconnectRes(reason=Reason.ACK)), None
 
     def _answer(self, message: ServerMessage, reply_field: str,
-                tensors: list | None) -> tuple[ClientMessage, EncodedTensors | None]:
+                tensors: Tensors | None) -> tuple[ClientMessage, EncodedTensors | None]:
         """Call the user's handler (``fedproto.handler``); a handler failure is a non-OK Status."""
-        kind = message.WhichOneof("msg")
+        kind = str(message.WhichOneof("msg"))
         spec = INSTRUCTIONS[kind]
         try:
             call = _decode_call(spec.method, getattr(message, kind), tensors)
@@ -220,12 +226,13 @@ class ClientSession:
         body = getattr(reply, reply_field)
         answered = serve(self.handler, call, lambda result: _fill_reply(spec.method, result, body))
         if isinstance(answered, HandlerFailure):  # invariant 4: a reply with only a non-OK Status
-            status = Status(code=spec.failure_code, message=answered.reason)
-            return ClientMessage(**{reply_field: {"status": status}}), None
+            failed = ClientMessage()
+            getattr(failed, reply_field).status.CopyFrom(Status(code=spec.failure_code, message=answered.reason))
+            return failed, None
         return reply, answered
 
 
-def _decode_call(method: str, ins: Any, tensors: list | None) -> Call:
+def _decode_call(method: str, ins: Any, tensors: Tensors | None) -> Call:
     """The instruction as a handler call: its config and, for fit/evaluate, its tensors.
 
     Each .npy tensor is a read-only view of the received bytes; ``fedproto.handler`` gives the

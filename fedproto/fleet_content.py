@@ -135,24 +135,24 @@ def _instruction(message_type: str, content: objects.RecordDict) -> Instruction:
         arrays = [record[key].to_numpy(f"{prefix}.parameters[{key!r}]") for key in keys]
         return Instruction(LEGACY_LAYOUT, Call(method, config, arrays), keys)
 
-    method = MESSAGE_API.get(message_type)
+    api_method = MESSAGE_API.get(message_type)
     array_records = [name for name, record in content.items() if isinstance(record, objects.ArrayRecord)]
     config_records = [name for name, record in content.items() if isinstance(record, objects.ConfigRecord)]
-    if method is None:
+    if api_method is None:
         return _unsupported(MESSAGE_API_LAYOUT, content,
                             f"message type {bound_text(message_type)!r} is not train/evaluate/query")
     if len(config_records) > 1:
         return _unsupported(MESSAGE_API_LAYOUT, content, "more than one ConfigRecord")
     config = dict(content[config_records[0]]) if config_records else {}
-    if method == "get_properties":
-        return Instruction(MESSAGE_API_LAYOUT, Call(method, config), [])
+    if api_method == "get_properties":
+        return Instruction(MESSAGE_API_LAYOUT, Call(api_method, config), [])
     if len(array_records) != 1:
         return _unsupported(MESSAGE_API_LAYOUT, content, f"{len(array_records)} ArrayRecords, expected 1")
     name = array_records[0]
     record = content[name]
     keys = list(record)
     arrays = [record[key].to_numpy(f"{bound_text(name)}[{bound_text(key)!r}]") for key in keys]
-    return Instruction(MESSAGE_API_LAYOUT, Call(method, config, arrays), keys, name)
+    return Instruction(MESSAGE_API_LAYOUT, Call(api_method, config, arrays), keys, name)
 
 
 def _unsupported(layout: str, content: objects.RecordDict, problem: str) -> Instruction:
@@ -237,9 +237,10 @@ def _legacy_arrays(arrays: list[np.ndarray]) -> objects.ArrayRecord:
 
 
 def _array_record(arrays: dict[str, np.ndarray]) -> objects.ArrayRecord:
-    return objects.ArrayRecord(
-        {key: objects.Array.from_numpy(array, f"parameters[{index}]") for index, (key, array) in enumerate(arrays.items())}
-    )
+    record = objects.ArrayRecord()
+    for index, (key, array) in enumerate(arrays.items()):
+        record[key] = objects.Array.from_numpy(array, f"parameters[{index}]")
+    return record
 
 
 def metric_record(metrics: dict[str, Any], reserved: dict[str, int | float]) -> dict[str, Any]:

@@ -170,7 +170,6 @@ from fedproto.heartbeat_pb2 import SendNodeHeartbeatRequest, SendNodeHeartbeatRe
 from fedproto.message_pb2 import (
     ConfirmMessageReceivedRequest,
     ConfirmMessageReceivedResponse,
-    Message,
     Metadata,
     ObjectTree,
     PullObjectRequest,

@@ -62,16 +62,17 @@ wire raises :class:`~fedproto.codec.CodecError` naming the record and key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import re
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
+from google.protobuf.message import Message as ProtoMessage
 
 from fedproto import recorddict_pb2
 from fedproto.codec import TENSOR_TYPE, CodecError, bytes_to_ndarray, ndarray_to_bytes
@@ -136,15 +137,15 @@ class Array:
         return bytes_to_ndarray(self.data, field)
 
 
-class ArrayRecord(dict):
+class ArrayRecord(dict[str, "Array"]):
     """``dict[str, Array]``, in insertion order (flwr's ArrayRecord)."""
 
 
-class ConfigRecord(dict):
+class ConfigRecord(dict[str, Any]):
     """``dict[str, bool | int | float | str | bytes | list of one of them]`` (flwr's ConfigRecord)."""
 
 
-class MetricRecord(dict):
+class MetricRecord(dict[str, Any]):
     """``dict[str, int | float | list[int] | list[float]]`` (flwr's MetricRecord)."""
 
 
@@ -165,7 +166,11 @@ _LIST_FIELDS = {
 }
 
 
-def _record_value(value: object, kinds: tuple[type, ...], value_class: type, where: str):
+RecordValue = recorddict_pb2.ConfigRecordValue | recorddict_pb2.MetricRecordValue
+ProtoT = TypeVar("ProtoT", bound=ProtoMessage)
+
+
+def _record_value(value: Any, kinds: tuple[type, ...], value_class: type[RecordValue], where: str) -> RecordValue:
     """flwr's ``_record_value_to_proto``: the first kind the value (or every list item) is."""
     if value_class is recorddict_pb2.MetricRecordValue and (
         isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
@@ -174,13 +179,15 @@ def _record_value(value: object, kinds: tuple[type, ...], value_class: type, whe
     try:
         for kind in kinds:
             if isinstance(value, kind):
-                name = "uint64" if kind is int and value > _INT64_MAX else _SCALAR_FIELDS[kind]
-                return value_class(**{name: value})
+                big = isinstance(value, int) and value > _INT64_MAX
+                fields: dict[str, Any] = {"uint64" if big else _SCALAR_FIELDS[kind]: value}
+                return value_class(**fields)
             if isinstance(value, list) and all(isinstance(item, kind) for item in value):
                 list_class, name = _LIST_FIELDS[kind]
                 if kind is int and any(item > _INT64_MAX for item in value):
                     list_class, name = recorddict_pb2.UintList, "uint_list"
-                return value_class(**{name: list_class(vals=value)})
+                list_fields: dict[str, Any] = {name: list_class(vals=value)}
+                return value_class(**list_fields)
     except ValueError as error:  # protobuf: an int outside sint64/uint64
         raise CodecError(where, f"out of range ({error})") from None
     kind_names = ", ".join(kind.__name__ for kind in kinds)
@@ -253,29 +260,35 @@ class _Deflater:
         if isinstance(record, ArrayRecord):
             trees = {_key(name, where): self.array(array, f"{where}[{name!r}]") for name, array in record.items()}
             return self.mapping("ArrayRecord", trees)
+        body: bytes
         if isinstance(record, ConfigRecord):
-            type_name, kinds, proto = "ConfigRecord", _CONFIG_KINDS, recorddict_pb2.ConfigRecord
-            value_class = recorddict_pb2.ConfigRecordValue
-        elif isinstance(record, MetricRecord):
-            type_name, kinds, proto = "MetricRecord", _METRIC_KINDS, recorddict_pb2.MetricRecord
-            value_class = recorddict_pb2.MetricRecordValue
-        else:
-            raise CodecError(where, f"expected ArrayRecord, ConfigRecord or MetricRecord, got {type(record).__name__}")
-        items = [
-            proto.Item(key=_key(key, where), value=_record_value(value, kinds, value_class, f"{where}[{key!r}]"))
-            for key, value in record.items()
-        ]
-        return self.store(type_name, [], proto(items=items).SerializeToString())
+            body = recorddict_pb2.ConfigRecord(items=[
+                recorddict_pb2.ConfigRecord.Item(key=key, value=value)  # type: ignore[arg-type]
+                for key, value in _record_items(record, where)
+            ]).SerializeToString()
+            return self.store("ConfigRecord", [], body)
+        if isinstance(record, MetricRecord):
+            body = recorddict_pb2.MetricRecord(items=[
+                recorddict_pb2.MetricRecord.Item(key=key, value=value)  # type: ignore[arg-type]
+                for key, value in _record_items(record, where)
+            ]).SerializeToString()
+            return self.store("MetricRecord", [], body)
+        raise CodecError(where, f"expected ArrayRecord, ConfigRecord or MetricRecord, got {type(record).__name__}")
 
 
 def check_record(record: ConfigRecord | MetricRecord, where: str) -> None:
     """CodecError naming ``where[key]`` for the first value this record cannot carry."""
-    kinds, value_class = (
-        (_CONFIG_KINDS, recorddict_pb2.ConfigRecordValue) if isinstance(record, ConfigRecord)
-        else (_METRIC_KINDS, recorddict_pb2.MetricRecordValue)
-    )
-    for key, value in record.items():
-        _record_value(value, kinds, value_class, f"{where}[{_key(key, where)!r}]")
+    _record_items(record, where)
+
+
+def _record_items(record: ConfigRecord | MetricRecord, where: str) -> list[tuple[str, RecordValue]]:
+    """The record's (key, proto value) pairs, in order; CodecError naming ``where[key]``."""
+    kinds: tuple[type, ...] = _CONFIG_KINDS
+    value_class: type[RecordValue] = recorddict_pb2.ConfigRecordValue
+    if isinstance(record, MetricRecord):
+        kinds, value_class = _METRIC_KINDS, recorddict_pb2.MetricRecordValue
+    return [(_key(key, where), _record_value(value, kinds, value_class, f"{where}[{key!r}]"))
+            for key, value in record.items()]
 
 
 def _key(key: object, where: str) -> str:
@@ -434,7 +447,8 @@ def message_metadata(oid: str, content: bytes, header: ObjectHeader) -> Metadata
     """The metadata inside a checked Message object (what its id, the message id, covers)."""
     if header.type_name != "Message":
         raise ObjectError(oid, f"a {header.type_name} where the Message (the tree's root) belongs")
-    return _parse_proto(oid, _body(content, header), Message).metadata
+    message: Message = _parse_proto(oid, _body(content, header), Message)
+    return message.metadata
 
 
 def announced_data_size(header: ObjectHeader, content: bytes) -> int:
@@ -450,7 +464,7 @@ def announced_data_size(header: ObjectHeader, content: bytes) -> int:
         dtype, shape = meta["dtype"], meta["shape"]
         if not isinstance(dtype, str) or not dtype or len(dtype) > 32 or not _int_list(shape, lambda n: n >= 0):
             return 0
-        return math.prod(shape) * np.dtype(dtype).itemsize
+        return int(math.prod(shape)) * int(np.dtype(dtype).itemsize)
     except Exception:  # hostile JSON or dtype text: inflating names the problem
         return 0
 
@@ -468,7 +482,7 @@ def _parse_json(oid: str, body: memoryview) -> object:
         raise ObjectError(oid, f"body is not JSON ({type(error).__name__}: {bound_text(str(error))})") from None
 
 
-def _parse_proto(oid: str, body: memoryview, proto_class: type):
+def _parse_proto(oid: str, body: memoryview, proto_class: type[ProtoT]) -> ProtoT:
     try:
         return proto_class.FromString(bytes(body))
     except Exception as error:  # DecodeError, or whatever the runtime raises on a crafted body
@@ -561,8 +575,9 @@ class _Inflater:
             return ConfigRecord(self.items(tree.object_id, body, recorddict_pb2.ConfigRecord))
         return MetricRecord(self.items(tree.object_id, body, recorddict_pb2.MetricRecord))
 
-    def items(self, oid: str, body: memoryview, proto_class: type) -> list[tuple[str, object]]:
-        proto = _parse_proto(oid, body, proto_class)
+    def items(self, oid: str, body: memoryview,
+              proto_class: type[recorddict_pb2.ConfigRecord | recorddict_pb2.MetricRecord]) -> list[tuple[str, object]]:
+        proto: recorddict_pb2.ConfigRecord | recorddict_pb2.MetricRecord = _parse_proto(oid, body, proto_class)
         keys = [item.key for item in proto.items]
         if len(set(keys)) != len(keys):
             raise ObjectError(oid, "a key appears twice")

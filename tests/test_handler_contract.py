@@ -127,7 +127,8 @@ class Raises:
 OBJECT_ARRAY = np.array([{"a": 1}], dtype=object)
 FAILURES = [  # (handler, method, the reason both protocols send)
     (Returns(([W], 10.0, {})), "fit", "fit returned an invalid result: num_examples: expected an int, got float"),
-    (Returns(([W], -1, {})), "fit", "fit returned an invalid result: num_examples: expected a non-negative int64, got -1"),
+    (Returns(([W], -1, {})), "fit", "fit returned an invalid result: num_examples: expected a non-negative "
+                                    "int64, got -1"),
     (Returns((W, 1, {})), "fit", "fit returned an invalid result: parameters: expected a list of ndarrays, "
                                  "got a single ndarray"),
     (Returns(([OBJECT_ARRAY], 1, {})), "fit", "fit returned an invalid result: parameters[0]: object arrays are "

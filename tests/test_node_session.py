@@ -855,13 +855,13 @@ def test_legacy_arrays_without_announced_sizes_stop_at_the_running_total():
 
 
 def test_each_pulled_object_is_hashed_once_and_each_npy_header_read_once(monkeypatch):
-    from fedproto import codec, fleet_content
+    from fedproto import fleet_content, npy
 
     monkeypatch.setattr(node_module, "fleet_content", fleet_content)  # the real mapping, not the stand-in
     hashed, headers = [], []
-    real_object_id, real_header = objects.object_id, codec.read_npy_header
+    real_object_id, real_header = objects.object_id, npy.read_npy_header
     monkeypatch.setattr(objects, "object_id", lambda data: hashed.append(data) or real_object_id(data))
-    monkeypatch.setattr(codec, "read_npy_header", lambda *a, **k: headers.append(1) or real_header(*a, **k))
+    monkeypatch.setattr(npy, "read_npy_header", lambda *a, **k: headers.append(1) or real_header(*a, **k))
     session = online()
     deliver(session, 0.0)
     pull_objects(session, 0.0)
