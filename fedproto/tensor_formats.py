@@ -3,8 +3,9 @@
 ``Parameters.tensor_type`` names how each entry of ``Parameters.tensors`` is encoded. Two
 formats are built in:
 
-- ``"numpy.ndarray"`` (:data:`NUMPY`, the default): each tensor is one .npy file, as flwr
-  writes it. It carries its own dtype and shape; ``fedproto.codec`` encodes and checks it.
+- ``"numpy.ndarray"`` (:data:`~fedproto.npy.TENSOR_TYPE`, the default): each tensor is one .npy
+  file, as flwr writes it. It carries its own dtype and shape; :mod:`fedproto.npy` encodes and
+  checks it.
 - ``"cpp_double"`` (:data:`CPP_DOUBLE`): each tensor is the raw bytes of a flat array of
   IEEE-754 float64, **little-endian**, 8 bytes per element, no header. This is what the
   ``quickstart-cpp`` client of Flower's C++ SDK sends (it writes the memory of a
@@ -25,14 +26,12 @@ A porter adds a format with :func:`register`::
 ``encode(array, field) -> bytes`` and ``decode(data, field, like) -> ndarray`` (``like`` is the
 global model's tensor at the same position, or None). Whatever a format's decoder does with
 hostile bytes, :func:`decode_parameters` hands back plain numeric/bool arrays within the size
-limit or raises :class:`~fedproto.codec.CodecError` naming the field: an exception other than
-CodecError, or a result that is not such an array, becomes a CodecError.
+limit (:func:`~fedproto.npy.dtype_refusal`, :func:`~fedproto.npy.shape_refusal`) or raises
+:class:`~fedproto.errors.CodecError` naming the field: an exception other than CodecError, or a
+result that is not such an array, becomes a CodecError.
 
 NaN and Inf are values like any other to every format (as for .npy); the server checks
 finiteness separately (``fedproto.codec.all_finite``).
-
-This module reads ``fedproto.codec``'s names only when it is called, so the codec may import it
-at its top and delegate ``parameters_to_ndarrays`` / ``ndarrays_to_parameters`` here.
 """
 
 from __future__ import annotations
@@ -43,11 +42,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedproto import codec
+from fedproto.errors import CodecError
+from fedproto.npy import TENSOR_TYPE, bytes_to_ndarray, dtype_refusal, ndarray_to_bytes, npy_pieces, shape_refusal
 from fedproto.transport_pb2 import Parameters
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
-NUMPY = "numpy.ndarray"
 CPP_DOUBLE = "cpp_double"
 
 CPP_DOUBLE_DTYPE = np.dtype("<f8")  # the byte order is fixed here, not left to the host
@@ -93,7 +92,7 @@ def register(name: str, encode: Encoder, decode: Decoder, pieces: PiecesEncoder 
 
 def unregister(name: str) -> None:
     """Remove a format added with :func:`register` (the built-in ones stay)."""
-    if name in (NUMPY, CPP_DOUBLE):
+    if name in (TENSOR_TYPE, CPP_DOUBLE):
         raise ValueError(f"the built-in tensor format {name!r} cannot be removed")
     del _FORMATS[name]
 
@@ -109,7 +108,7 @@ def get_format(tensor_type: str, field: str = "parameters") -> TensorFormat:
         return _FORMATS[tensor_type]
     except (KeyError, TypeError):
         known = ", ".join(repr(name) for name in _FORMATS)
-        raise codec.CodecError(
+        raise CodecError(
             f"{field}.tensor_type", f"unknown tensor_type {tensor_type!r} (expected one of {known})"
         ) from None
 
@@ -124,29 +123,31 @@ class EncodedTensors(NamedTuple):
     tensors: list[list]
 
 
-def encode_tensors(arrays: Iterable[np.ndarray], tensor_type: str = NUMPY, field: str = "parameters") -> EncodedTensors:
+def encode_tensors(
+    arrays: Iterable[np.ndarray], tensor_type: str = TENSOR_TYPE, field: str = "parameters"
+) -> EncodedTensors:
     """A list of ndarrays -> their bytes in format ``tensor_type``, as pieces (views where possible).
 
     Every refusal is a CodecError naming the tensor, raised here, before anything is written.
     """
     tensor_format = get_format(tensor_type, field)
     if isinstance(arrays, np.ndarray):
-        raise codec.CodecError(field, "expected a list of ndarrays, got a single ndarray")
+        raise CodecError(field, "expected a list of ndarrays, got a single ndarray")
     try:
         items = list(arrays)
     except TypeError:
-        raise codec.CodecError(field, f"expected a list of ndarrays, got {type(arrays).__name__}") from None
+        raise CodecError(field, f"expected a list of ndarrays, got {type(arrays).__name__}") from None
     tensors = []
     for i, array in enumerate(items):
         tensor_field = f"{field}.tensors[{i}]"
         if not isinstance(array, np.ndarray):
-            raise codec.CodecError(tensor_field, f"expected a numpy.ndarray, got {type(array).__name__}")
+            raise CodecError(tensor_field, f"expected a numpy.ndarray, got {type(array).__name__}")
         tensors.append(_call(tensor_format.encode_pieces, tensor_format.name, tensor_field, array, tensor_field))
     return EncodedTensors(tensor_type, tensors)
 
 
 def encode_parameters(
-    arrays: Iterable[np.ndarray], tensor_type: str = NUMPY, field: str = "parameters",
+    arrays: Iterable[np.ndarray], tensor_type: str = TENSOR_TYPE, field: str = "parameters",
     *, out: Parameters | None = None,
 ) -> Parameters:
     """A list of ndarrays -> Parameters in format ``tensor_type``.
@@ -177,15 +178,15 @@ def decode_tensors(
 
     ``like`` is the global model: its i-th array gives a shapeless format the shape and dtype of
     tensor i, so it must then have exactly as many arrays as there are tensors. No tensors
-    (whatever the tensor_type) is an empty list, as in the codec. A .npy tensor decodes to a
-    read-only view of its bytes (:func:`fedproto.codec.bytes_to_ndarray`); cpp_double to a new array.
+    (whatever the tensor_type) is an empty list. A .npy tensor decodes to a read-only view of its
+    bytes (:func:`fedproto.npy.bytes_to_ndarray`); cpp_double to a new array.
     """
     if not tensors:
         return []
     tensor_format = get_format(tensor_type, field)
     if like is not None and len(like) != len(tensors):
-        raise codec.CodecError(f"{field}.tensors", f"{len(tensors)} tensors, the global model has {len(like)}")
-    built_in = tensor_format.name in (NUMPY, CPP_DOUBLE)
+        raise CodecError(f"{field}.tensors", f"{len(tensors)} tensors, the global model has {len(like)}")
+    built_in = tensor_format.name in (TENSOR_TYPE, CPP_DOUBLE)
     arrays = []
     for i, data in enumerate(tensors):
         tensor_field = f"{field}.tensors[{i}]"
@@ -201,36 +202,28 @@ def _call(function: Callable, format_name: str, field: str, *args):
     """Run a format's encoder or decoder; whatever it raises becomes a CodecError on ``field``."""
     try:
         return function(*args)
-    except codec.CodecError:
+    except CodecError:
         raise
     except Exception as error:  # a porter's format, or a numpy limit nobody foresaw
-        raise codec.CodecError(field, f"{format_name}: {type(error).__name__}: {error}") from None
+        raise CodecError(field, f"{format_name}: {type(error).__name__}: {error}") from None
 
 
 def _checked(array: object, format_name: str, field: str) -> np.ndarray:
     """A decoder's result, refused unless it is a plain numeric/bool ndarray within the limit."""
     if not isinstance(array, np.ndarray):
-        raise codec.CodecError(field, f"{format_name} decoder returned {type(array).__name__}, not an ndarray")
-    refusal = codec.dtype_refusal(array.dtype) or codec.shape_refusal(array.shape, array.dtype.itemsize)
+        raise CodecError(field, f"{format_name} decoder returned {type(array).__name__}, not an ndarray")
+    refusal = dtype_refusal(array.dtype) or shape_refusal(array.shape, array.dtype.itemsize)
     if refusal:
-        raise codec.CodecError(field, f"{format_name} decoder: {refusal}")
+        raise CodecError(field, f"{format_name} decoder: {refusal}")
     return array
 
 
 # ---------------------------------------------------------------------------- numpy.ndarray
 
 
-def _encode_npy(array: np.ndarray, field: str) -> bytes:
-    return codec.ndarray_to_bytes(array, field)
-
-
-def _npy_pieces(array: np.ndarray, field: str) -> list:
-    return codec.npy_pieces(array, field)
-
-
 def _decode_npy(data: bytes | memoryview, field: str, like: np.ndarray | None) -> np.ndarray:
     # A .npy tensor describes itself; comparing it with the global model is the server's check.
-    return codec.bytes_to_ndarray(data, field)
+    return bytes_to_ndarray(data, field)
 
 
 # ---------------------------------------------------------------------------- cpp_double
@@ -238,9 +231,9 @@ def _decode_npy(data: bytes | memoryview, field: str, like: np.ndarray | None) -
 
 def _encode_cpp_double(array: np.ndarray, field: str) -> bytes:
     if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
-        raise codec.CodecError(field, f"cpp_double carries float64 only; dtype {array.dtype.str} is not a float16/32/64")
+        raise CodecError(field, f"cpp_double carries float64 only; dtype {array.dtype.str} is not a float16/32/64")
     if array.size * CPP_DOUBLE_DTYPE.itemsize > MAX_MESSAGE_LENGTH:
-        raise codec.CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
+        raise CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
     with np.errstate(invalid="ignore"):  # a float16 NaN converts to a NaN, quietly
         return array.astype(CPP_DOUBLE_DTYPE).tobytes(order="C")
 
@@ -249,7 +242,7 @@ def _cpp_double_pieces(array: np.ndarray, field: str) -> list:
     """A little-endian float64 C-contiguous array is written as is; any other is converted (one copy)."""
     if array.dtype == CPP_DOUBLE_DTYPE and array.flags.c_contiguous:
         if array.size * CPP_DOUBLE_DTYPE.itemsize > MAX_MESSAGE_LENGTH:
-            raise codec.CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
+            raise CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
         return [array.reshape(-1).view(np.uint8)]
     return [_encode_cpp_double(array, field)]
 
@@ -257,15 +250,15 @@ def _cpp_double_pieces(array: np.ndarray, field: str) -> list:
 def _decode_cpp_double(data: bytes | memoryview, field: str, like: np.ndarray | None) -> np.ndarray:
     data = memoryview(data).cast("B")
     if len(data) > MAX_MESSAGE_LENGTH:
-        raise codec.CodecError(field, f"{len(data)} bytes are over the {MAX_MESSAGE_LENGTH}-byte message limit")
+        raise CodecError(field, f"{len(data)} bytes are over the {MAX_MESSAGE_LENGTH}-byte message limit")
     if len(data) % CPP_DOUBLE_DTYPE.itemsize:
-        raise codec.CodecError(field, f"cpp_double data of {len(data)} bytes is not a whole number of 8-byte doubles")
+        raise CodecError(field, f"cpp_double data of {len(data)} bytes is not a whole number of 8-byte doubles")
     count = len(data) // CPP_DOUBLE_DTYPE.itemsize
     if like is not None:
         if like.dtype.kind != "f":
-            raise codec.CodecError(field, f"cpp_double carries float64; the global model's tensor is {like.dtype.str}")
+            raise CodecError(field, f"cpp_double carries float64; the global model's tensor is {like.dtype.str}")
         if count != like.size:
-            raise codec.CodecError(
+            raise CodecError(
                 field, f"cpp_double data holds {count} doubles; the global model's tensor {like.shape} has {like.size}"
             )
     flat = np.frombuffer(data, dtype=CPP_DOUBLE_DTYPE).astype(np.float64)  # a native, writable copy
@@ -276,5 +269,5 @@ def _decode_cpp_double(data: bytes | memoryview, field: str, like: np.ndarray | 
         return flat.astype(like.dtype).reshape(like.shape)
 
 
-register(NUMPY, _encode_npy, _decode_npy, _npy_pieces)
+register(TENSOR_TYPE, ndarray_to_bytes, _decode_npy, npy_pieces)
 register(CPP_DOUBLE, _encode_cpp_double, _decode_cpp_double, _cpp_double_pieces)

@@ -20,20 +20,16 @@ from flwr.common import serde
 from flwr.proto import transport_pb2 as flwr_pb2
 
 from fedproto.codec import (
-    TENSOR_TYPE,
-    CodecError,
-    NpyHeader,
-    bytes_to_ndarray,
-    ndarray_to_bytes,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
-    read_npy_header,
     scalar_from_proto,
     scalar_to_proto,
     scalars_from_proto,
     scalars_to_proto,
 )
 from fedproto.dispatch import ClientSession
+from fedproto.errors import CodecError
+from fedproto.npy import TENSOR_TYPE, NpyHeader, bytes_to_ndarray, ndarray_to_bytes, read_npy_header
 from fedproto.transport_pb2 import Parameters, Reason, Scalar, ServerMessage
 
 # Every Scalar kind, and the int boundaries where sint64 turns into uint64.
@@ -563,3 +559,13 @@ def test_a_header_quoted_in_the_reason_is_bounded_and_on_one_line():
         bytes_to_ndarray(data, "t")
     assert "\n" not in caught.value.reason
     assert len(caught.value.reason) < 300
+
+
+def test_the_codecs_public_names_are_the_ones_their_modules_define():
+    """CodecError lives in fedproto.errors and the .npy names in fedproto.npy; the old paths still lead there."""
+    import fedproto
+    from fedproto import codec, errors, npy
+
+    assert fedproto.CodecError is codec.CodecError is errors.CodecError
+    for name in ("TENSOR_TYPE", "ndarray_to_bytes", "bytes_to_ndarray"):
+        assert getattr(codec, name) is getattr(npy, name), name

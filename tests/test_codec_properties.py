@@ -20,18 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedproto.codec import (
-    ALLOWED_DTYPE_KINDS,
-    CodecError,
-    bytes_to_ndarray,
-    dtype_refusal,
-    ndarray_to_bytes,
-    parameters_to_ndarrays,
-    scalars_from_proto,
-)
 from fedproto import server_role
+from fedproto.codec import parameters_to_ndarrays, scalars_from_proto
 from fedproto.dispatch import ClientSession
-from fedproto.errors import FedprotoError
+from fedproto.errors import CodecError, FedprotoError
+from fedproto.npy import ALLOWED_DTYPE_KINDS, bytes_to_ndarray, dtype_refusal, ndarray_to_bytes
 from fedproto.transport_pb2 import Parameters, Scalar, ServerMessage
 from fedproto.wire import MAX_MESSAGE_LENGTH
 from fedproto.kit.make_vectors import DEFAULT_DIR

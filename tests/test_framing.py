@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedproto import framing
-from fedproto.codec import ALLOWED_DTYPE_KINDS, scalars_to_proto
-from fedproto.tensor_formats import CPP_DOUBLE, NUMPY, decode_tensors, encode_tensors
+from fedproto.codec import scalars_to_proto
+from fedproto.npy import ALLOWED_DTYPE_KINDS, TENSOR_TYPE
+from fedproto.tensor_formats import CPP_DOUBLE, decode_tensors, encode_tensors
 from fedproto.transport_pb2 import ClientMessage, Parameters, ServerMessage, Status
 
 EXAMPLES = settings(max_examples=300, deadline=None, database=None,
@@ -58,7 +59,7 @@ scalar_maps = st.dictionaries(st.text(max_size=6), scalar_values, max_size=5)
 
 
 def reference_tensor(array: np.ndarray, tensor_type: str) -> bytes:
-    if tensor_type == NUMPY:
+    if tensor_type == TENSOR_TYPE:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         return buffer.getvalue()
@@ -84,7 +85,7 @@ def build(outer: type, kind: str, scalars: dict, status: tuple[int, str], num_ex
 
 
 @EXAMPLES
-@given(kind=st.sampled_from(KINDS), tensor_type=st.sampled_from([NUMPY, CPP_DOUBLE]), data=st.data(),
+@given(kind=st.sampled_from(KINDS), tensor_type=st.sampled_from([TENSOR_TYPE, CPP_DOUBLE]), data=st.data(),
        scalars=scalar_maps, status=st.tuples(st.integers(0, 4), st.text(max_size=10)),
        num_examples=st.integers(-(2**63), 2**63 - 1))
 def test_frame_is_byte_identical_to_serialize_to_string(kind, tensor_type, data, scalars, status, num_examples):
@@ -106,7 +107,7 @@ def test_split_tensors_gives_protobufs_parse_without_copying_the_tensors(kind, t
                                                                          num_examples):
     outer, name = kind
     data = build(outer, name, scalars, status, num_examples,
-                 Parameters(tensors=[reference_tensor(a, NUMPY) for a in tensors], tensor_type=NUMPY)
+                 Parameters(tensors=[reference_tensor(a, TENSOR_TYPE) for a in tensors], tensor_type=TENSOR_TYPE)
                  ).SerializeToString()
     skeleton, views = framing.split_tensors(data, outer)
     full = outer.FromString(data)
@@ -114,12 +115,13 @@ def test_split_tensors_gives_protobufs_parse_without_copying_the_tensors(kind, t
     assert all(view.obj is data for view in views)  # views of the received bytes, not copies
     getattr(full, name).parameters.ClearField("tensors")
     assert outer.FromString(skeleton) == full
-    decoded = decode_tensors(views, NUMPY)
+    decoded = decode_tensors(views, TENSOR_TYPE)
     assert [a.tobytes(order="A") for a in decoded] == [np.asarray(a).tobytes(order="A") for a in tensors]
 
 
 def test_split_tensors_leaves_other_layouts_to_protobuf():
-    fit_ins = ServerMessage(fit_ins=ServerMessage.FitIns(parameters=Parameters(tensors=[b"x"], tensor_type=NUMPY)))
+    parameters = Parameters(tensors=[b"x"], tensor_type=TENSOR_TYPE)
+    fit_ins = ServerMessage(fit_ins=ServerMessage.FitIns(parameters=parameters))
     data = fit_ins.SerializeToString()
     assert framing.split_tensors(data, ServerMessage) is not None
     assert framing.split_tensors(data + data, ServerMessage) is None  # the oneof twice: protobuf merges
@@ -187,7 +189,7 @@ def test_decode_fit_res_bytes_equals_parse_reply_then_decode_fit_res(tensors, sc
     from fedproto.server_role import decode_fit_res_bytes
 
     wire = build(ClientMessage, "fit_res", scalars, status, num_examples,
-                 Parameters(tensors=[reference_tensor(a, NUMPY) for a in tensors], tensor_type=NUMPY)
+                 Parameters(tensors=[reference_tensor(a, TENSOR_TYPE) for a in tensors], tensor_type=TENSOR_TYPE)
                  ).SerializeToString()
     model = data.draw(st.sampled_from([[], [np.asarray(a) for a in tensors]]))
     position = data.draw(st.integers(0, len(wire)))
@@ -199,8 +201,8 @@ def test_decode_fit_res_bytes_gives_read_only_views_of_the_reply():
     from fedproto.server_role import decode_fit_res_bytes
 
     model = [np.arange(6, dtype=np.float32).reshape(2, 3)]
-    wire = build(ClientMessage, "fit_res", {"loss": 0.5}, (0, "Success"), 3,
-                 Parameters(tensors=[reference_tensor(model[0], NUMPY)], tensor_type=NUMPY)).SerializeToString()
+    parameters = Parameters(tensors=[reference_tensor(model[0], TENSOR_TYPE)], tensor_type=TENSOR_TYPE)
+    wire = build(ClientMessage, "fit_res", {"loss": 0.5}, (0, "Success"), 3, parameters).SerializeToString()
     [array] = decode_fit_res_bytes(wire, model).parameters
     assert np.shares_memory(array, np.frombuffer(wire, np.uint8))
     with pytest.raises(ValueError, match="read-only"):

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedproto import tensor_formats
-from fedproto.codec import CodecError, all_finite, ndarrays_to_parameters, parameters_to_ndarrays
+from fedproto.codec import all_finite, ndarrays_to_parameters, parameters_to_ndarrays
+from fedproto.errors import CodecError
+from fedproto.npy import TENSOR_TYPE
 from fedproto.tensor_formats import (
     CPP_DOUBLE,
-    NUMPY,
     decode_parameters,
     encode_parameters,
     get_format,
@@ -59,8 +60,8 @@ def assert_refused(field: str, text: str, function, *args, **kwargs) -> None:
 
 
 def test_builtin_formats_are_registered_npy_first():
-    assert registered()[:2] == (NUMPY, CPP_DOUBLE)
-    assert get_format(NUMPY).name == NUMPY
+    assert registered()[:2] == (TENSOR_TYPE, CPP_DOUBLE)
+    assert get_format(TENSOR_TYPE).name == TENSOR_TYPE
 
 
 def test_unknown_tensor_type_names_the_field_and_the_known_formats():
@@ -81,7 +82,7 @@ def test_a_name_is_registered_once_and_built_in_formats_stay():
     with pytest.raises(ValueError, match="non-empty"):
         register("", bytes, np.frombuffer)
     with pytest.raises(ValueError, match="cannot be removed"):
-        unregister(NUMPY)
+        unregister(TENSOR_TYPE)
 
 
 # ---------------------------------------------------------------------------- numpy.ndarray
@@ -89,7 +90,7 @@ def test_a_name_is_registered_once_and_built_in_formats_stay():
 
 def test_npy_format_is_byte_identical_to_the_codec():
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([True, False]), np.array(7, dtype=">i8")]
-    parameters = encode_parameters(arrays, NUMPY)
+    parameters = encode_parameters(arrays, TENSOR_TYPE)
     assert parameters.SerializeToString() == ndarrays_to_parameters(arrays).SerializeToString()
     decoded = decode_parameters(parameters)
     for got, expected in zip(decoded, parameters_to_ndarrays(parameters), strict=True):
@@ -98,10 +99,10 @@ def test_npy_format_is_byte_identical_to_the_codec():
 
 
 def test_npy_format_refusals_are_the_codecs():
-    parameters = Parameters(tensors=[b"\x93NUMPY\x01\x00garbage"], tensor_type=NUMPY)
+    parameters = Parameters(tensors=[b"\x93NUMPY\x01\x00garbage"], tensor_type=TENSOR_TYPE)
     assert_refused("parameters.tensors[0]", "bad .npy header", decode_parameters, parameters)
     assert_refused("parameters.tensors[1]", "dtype <U1 is not accepted",
-                   encode_parameters, [np.zeros(1), np.array(["a"])], NUMPY)
+                   encode_parameters, [np.zeros(1), np.array(["a"])], TENSOR_TYPE)
 
 
 # ---------------------------------------------------------------------------- cpp_double
@@ -145,7 +146,7 @@ def test_cpp_double_round_trips_float16_32_64():
 def test_cpp_double_keeps_nan_and_inf_and_the_finiteness_check_sees_them_as_for_npy():
     values = [float("nan"), float("inf"), -float("inf"), 1.0]
     model = [np.zeros(4)]
-    for tensor_type in (NUMPY, CPP_DOUBLE):
+    for tensor_type in (TENSOR_TYPE, CPP_DOUBLE):
         decoded = decode_parameters(encode_parameters([np.array(values)], tensor_type), like=model)
         assert np.array_equal(decoded[0], values, equal_nan=True)
         assert not all_finite(decoded)
@@ -260,7 +261,7 @@ def test_a_decoder_that_returns_no_ndarray_is_refused():
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=200), tensor_type=st.sampled_from([NUMPY, CPP_DOUBLE]),
+@given(data=st.binary(max_size=200), tensor_type=st.sampled_from([TENSOR_TYPE, CPP_DOUBLE]),
        like=st.sampled_from([None, [np.zeros(3)], [np.zeros((2, 2), np.float32)], [np.zeros(0)]]))
 def test_any_bytes_into_every_registered_decoder_decode_or_raise_codec_error(data, tensor_type, like):
     try:
