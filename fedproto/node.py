@@ -152,6 +152,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from fedproto import fleet_content, objects
 from fedproto.errors import FedprotoError
+from fedproto.fab_pb2 import GetFabRequest, GetFabResponse
 from fedproto.fleet_pb2 import (
     ActivateNodeRequest,
     ActivateNodeResponse,
@@ -179,6 +180,7 @@ from fedproto.message_pb2 import (
 )
 from fedproto.node_pb2 import Node
 from fedproto.objects import ObjectError, ObjectHeader
+from fedproto.run_pb2 import GetRunRequest, GetRunResponse
 from fedproto.text import bound_text
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
@@ -200,26 +202,32 @@ ID_TEXT = 80  # characters of a peer's id (message, object) shown in a log line 
 class Rpc(NamedTuple):
     http_path: str  # POST path on the SuperLink's HTTP port (flwr/supercore/protobuf/translation.py)
     grpc_method: str  # unary method when the SuperLink runs the gRPC-rere Fleet API
+    request_type: type[ProtoMessage]
     response_type: type[ProtoMessage]
 
 
-def _rpc(name: str, kebab: str, response_type: type[ProtoMessage]) -> Rpc:
-    return Rpc(f"/v1/fleet/{kebab}", f"/flwr.proto.Fleet/{name}", response_type)
+def _rpc(name: str, kebab: str, request_type: type[ProtoMessage], response_type: type[ProtoMessage]) -> Rpc:
+    return Rpc(f"/v1/fleet/{kebab}", f"/flwr.proto.Fleet/{name}", request_type, response_type)
 
 
-# The Fleet RPCs a node calls. GetRun/GetFab are not needed: we never install a ClientApp.
+# The Fleet API, as a node calls it. A NodeSession never calls GetRun/GetFab: it installs no
+# ClientApp. flwr's SuperNode calls them to fetch the run's app; the kit's runner serves them.
 RPCS: dict[str, Rpc] = {
-    "RegisterNode": _rpc("RegisterNode", "register-node", RegisterNodeFleetResponse),
-    "ActivateNode": _rpc("ActivateNode", "activate-node", ActivateNodeResponse),
-    "SendNodeHeartbeat": _rpc("SendNodeHeartbeat", "send-node-heartbeat", SendNodeHeartbeatResponse),
-    "PullMessages": _rpc("PullMessages", "pull-messages", PullMessagesResponse),
-    "PullObject": _rpc("PullObject", "pull-object", PullObjectResponse),
+    "RegisterNode": _rpc("RegisterNode", "register-node", RegisterNodeFleetRequest, RegisterNodeFleetResponse),
+    "ActivateNode": _rpc("ActivateNode", "activate-node", ActivateNodeRequest, ActivateNodeResponse),
+    "SendNodeHeartbeat": _rpc("SendNodeHeartbeat", "send-node-heartbeat", SendNodeHeartbeatRequest,
+                              SendNodeHeartbeatResponse),
+    "PullMessages": _rpc("PullMessages", "pull-messages", PullMessagesRequest, PullMessagesResponse),
+    "PullObject": _rpc("PullObject", "pull-object", PullObjectRequest, PullObjectResponse),
     "ConfirmMessageReceived": _rpc("ConfirmMessageReceived", "confirm-message-received",
-                                   ConfirmMessageReceivedResponse),
-    "PushMessages": _rpc("PushMessages", "push-messages", PushMessagesResponse),
-    "PushObject": _rpc("PushObject", "push-object", PushObjectResponse),
-    "DeactivateNode": _rpc("DeactivateNode", "deactivate-node", DeactivateNodeResponse),
-    "UnregisterNode": _rpc("UnregisterNode", "unregister-node", UnregisterNodeFleetResponse),
+                                   ConfirmMessageReceivedRequest, ConfirmMessageReceivedResponse),
+    "PushMessages": _rpc("PushMessages", "push-messages", PushMessagesRequest, PushMessagesResponse),
+    "PushObject": _rpc("PushObject", "push-object", PushObjectRequest, PushObjectResponse),
+    "DeactivateNode": _rpc("DeactivateNode", "deactivate-node", DeactivateNodeRequest, DeactivateNodeResponse),
+    "UnregisterNode": _rpc("UnregisterNode", "unregister-node", UnregisterNodeFleetRequest,
+                           UnregisterNodeFleetResponse),
+    "GetRun": _rpc("GetRun", "get-run", GetRunRequest, GetRunResponse),
+    "GetFab": _rpc("GetFab", "get-fab", GetFabRequest, GetFabResponse),
 }
 
 
