@@ -24,17 +24,24 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from fedproto.errors import CodecError
-from fedproto.npy import TENSOR_TYPE, bytes_to_ndarray, ndarray_to_bytes
-# Still imported from here by fedproto.handler, kit/trace.py and bench/npy_decode.py; their home is fedproto.npy.
-from fedproto.npy import NPY_FORMAT, dtype_refusal, read_npy_header, shape_refusal
+from fedproto.npy import (
+    NPY_FORMAT,
+    TENSOR_TYPE,
+    bytes_to_ndarray,
+    dtype_refusal,
+    ndarray_to_bytes,
+    read_npy_header,
+    shape_refusal,
+)
 from fedproto.tensor_formats import decode_parameters, encode_parameters
 from fedproto.transport_pb2 import Parameters, Scalar
 
 __all__ = [
     "SINT64_MAX", "SINT64_MIN", "UINT64_MAX", "ScalarValue", "all_finite", "ndarrays_to_parameters",
     "parameters_to_ndarrays", "scalar_from_proto", "scalar_to_proto", "scalars_from_proto", "scalars_to_proto",
-    # defined in fedproto.errors and fedproto.npy (the second line: see the import above)
+    # defined in fedproto.errors and fedproto.npy, importable from here too
     "TENSOR_TYPE", "CodecError", "bytes_to_ndarray", "ndarray_to_bytes",
+    # still imported from here by fedproto.handler, kit/trace.py and bench/npy_decode.py; their home is fedproto.npy
     "NPY_FORMAT", "dtype_refusal", "read_npy_header", "shape_refusal",
 ]
 
@@ -103,7 +110,8 @@ def scalar_from_proto(scalar: Scalar, field: str = "scalar") -> ScalarValue:
     kind = scalar.WhichOneof("scalar")
     if kind is None:
         raise CodecError(field, "Scalar has no value set")
-    return getattr(scalar, kind)
+    value: ScalarValue = getattr(scalar, kind)
+    return value
 
 
 def scalars_to_proto(values: Mapping[str, object], field: str = "config") -> dict[str, Scalar]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -103,12 +103,12 @@ def shape_refusal(shape: tuple[int, ...], itemsize: int) -> str | None:
     return None
 
 
-def npy_pieces(array: np.ndarray, field: str = "tensor") -> list:
+def npy_pieces(array: np.ndarray, field: str = "tensor") -> list[bytes | memoryview]:
     """One ndarray -> the pieces of its .npy file, whose concatenation is what ``numpy.save`` writes.
 
     ``[header, data]``: the header from numpy's own writer (``numpy.lib.format``; version 1.0, as
     ``numpy.save`` picks for any shape of at most ``MAX_DIMENSIONS`` dimensions) and the data as a
-    flat uint8 view of the array's memory, no copy: a C-contiguous array as is, a Fortran-ordered
+    flat memoryview of the array's bytes, no copy: a C-contiguous array as is, a Fortran-ordered
     one through its ``.T`` (its header says ``fortran_order``), as ``numpy.save`` does. Only an
     array that is neither (e.g. a strided slice) is copied, once, into C order.
     """
@@ -125,7 +125,7 @@ def npy_pieces(array: np.ndarray, field: str = "tensor") -> list:
         data = array.T
     else:
         data = np.ascontiguousarray(array)
-    return [header.getvalue(), data.reshape(-1).view(np.uint8)]
+    return [header.getvalue(), data.reshape(-1).view(np.uint8).data]
 
 
 def ndarray_to_bytes(array: np.ndarray, field: str = "tensor") -> bytes:
@@ -201,7 +201,7 @@ def bytes_to_ndarray(data: bytes | memoryview, field: str = "tensor") -> np.ndar
         if math.prod(shape) == 0:  # no data: numpy builds the empty array (strides as numpy.load's)
             array = NPY_FORMAT.read_array(io.BytesIO(bytes(data)), allow_pickle=False)
         else:
-            order = "F" if header.fortran_order else "C"
+            order: Literal["C", "F"] = "F" if header.fortran_order else "C"
             flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header.data_offset)
             array = flat.reshape(shape, order=order)
         array.flags.writeable = False  # also when ``data`` is a writable buffer

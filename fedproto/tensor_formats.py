@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -53,8 +53,9 @@ CPP_DOUBLE_DTYPE = np.dtype("<f8")  # the byte order is fixed here, not left to 
 
 Encoder = Callable[[np.ndarray, str], bytes]
 Decoder = Callable[[bytes, str, "np.ndarray | None"], np.ndarray]
-# array, field -> bytes-like pieces whose concatenation is what Encoder returns (views, not copies)
-PiecesEncoder = Callable[[np.ndarray, str], list]
+# One tensor's bytes as pieces whose concatenation is what its Encoder returns (views, not copies).
+Pieces = list[bytes | memoryview]
+PiecesEncoder = Callable[[np.ndarray, str], Pieces]  # array, field -> pieces
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TensorFormat:
     decode: Decoder
     pieces: PiecesEncoder | None = None
 
-    def encode_pieces(self, array: np.ndarray, field: str) -> list:
+    def encode_pieces(self, array: np.ndarray, field: str) -> Pieces:
         return self.pieces(array, field) if self.pieces else [self.encode(array, field)]
 
 
@@ -120,7 +121,7 @@ class EncodedTensors(NamedTuple):
     """The tensors of one Parameters, checked and ready to be written: per tensor, its pieces."""
 
     tensor_type: str
-    tensors: list[list]
+    tensors: list[Pieces]
 
 
 def encode_tensors(
@@ -198,7 +199,10 @@ def decode_tensors(
     return arrays
 
 
-def _call(function: Callable, format_name: str, field: str, *args):
+Result = TypeVar("Result")
+
+
+def _call(function: Callable[..., Result], format_name: str, field: str, *args: object) -> Result:
     """Run a format's encoder or decoder; whatever it raises becomes a CodecError on ``field``."""
     try:
         return function(*args)
@@ -238,12 +242,12 @@ def _encode_cpp_double(array: np.ndarray, field: str) -> bytes:
         return array.astype(CPP_DOUBLE_DTYPE).tobytes(order="C")
 
 
-def _cpp_double_pieces(array: np.ndarray, field: str) -> list:
+def _cpp_double_pieces(array: np.ndarray, field: str) -> Pieces:
     """A little-endian float64 C-contiguous array is written as is; any other is converted (one copy)."""
     if array.dtype == CPP_DOUBLE_DTYPE and array.flags.c_contiguous:
         if array.size * CPP_DOUBLE_DTYPE.itemsize > MAX_MESSAGE_LENGTH:
             raise CodecError(field, f"{array.size} doubles are over the {MAX_MESSAGE_LENGTH}-byte message limit")
-        return [array.reshape(-1).view(np.uint8)]
+        return [array.reshape(-1).view(np.uint8).data]
     return [_encode_cpp_double(array, field)]
 
 

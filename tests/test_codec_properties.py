@@ -24,10 +24,10 @@ from fedproto import server_role
 from fedproto.codec import parameters_to_ndarrays, scalars_from_proto
 from fedproto.dispatch import ClientSession
 from fedproto.errors import CodecError, FedprotoError
+from fedproto.kit.make_vectors import DEFAULT_DIR
 from fedproto.npy import ALLOWED_DTYPE_KINDS, bytes_to_ndarray, dtype_refusal, ndarray_to_bytes
 from fedproto.transport_pb2 import Parameters, Scalar, ServerMessage
 from fedproto.wire import MAX_MESSAGE_LENGTH
-from fedproto.kit.make_vectors import DEFAULT_DIR
 
 QUICK = settings(max_examples=300, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

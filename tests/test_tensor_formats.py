@@ -66,8 +66,9 @@ def test_builtin_formats_are_registered_npy_first():
 
 def test_unknown_tensor_type_names_the_field_and_the_known_formats():
     parameters = Parameters(tensors=[b"\x00" * 8], tensor_type="torch.Tensor")
-    assert_refused("fit_res.parameters.tensor_type", "unknown tensor_type 'torch.Tensor' (expected one of 'numpy.ndarray', "
-                   "'cpp_double'", decode_parameters, parameters, "fit_res.parameters")
+    assert_refused("fit_res.parameters.tensor_type",
+                   "unknown tensor_type 'torch.Tensor' (expected one of 'numpy.ndarray', 'cpp_double'",
+                   decode_parameters, parameters, "fit_res.parameters")
     assert_refused("parameters.tensor_type", "unknown tensor_type", encode_parameters, LINE_MODEL, "torch.Tensor")
 
 
