@@ -7,7 +7,8 @@ bring sockets, threads and gRPC.
 The legacy ``FlowerService.Join`` stream (``flwr.server.start_server``):
 
 - ``fedproto.transport_pb2``: messages generated from proto/flwr/proto/transport.proto.
-- ``fedproto.codec``: ndarrays <-> Parameters (.npy), Python values <-> Scalar.
+- ``fedproto.npy``: the .npy format of every tensor (both protocols): read in place, write in pieces.
+- ``fedproto.codec``: ndarrays <-> Parameters, Python values <-> Scalar.
 - ``fedproto.tensor_formats``: the formats ``Parameters.tensor_type`` names (.npy, the C++
   SDK's "cpp_double", a porter's own via :func:`register`).
 - ``fedproto.dispatch``: the client's side of a Join stream as a state machine (:class:`ClientSession`).

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from fedproto.codec import dtype_refusal, shape_refusal
+from fedproto.npy import dtype_refusal, shape_refusal
 from fedproto.errors import FedprotoError
 
 log = logging.getLogger(__name__)
