@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedproto.client.app import IDLE_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, MAX_RECONNECT_WAIT_SECONDS, Retry, run_client
-from fedproto.client.fleet import TRANSPORTS, run_node
+from fedproto.client.fleet import TRANSPORTS, CallLimits, run_node
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
 EPILOG = """\
@@ -120,6 +120,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def bytes_per_second(text: str) -> float:
+    """argparse type for --min-transfer-rate: a rate > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected bytes per second > 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
@@ -148,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--server", type=server_address, metavar="HOST:PORT",
                         help="grpc-bidi server (FlowerService.Join), e.g. 127.0.0.1:8080 or [::1]:8080")
     target.add_argument("--superlink", type=server_address, metavar="HOST:PORT",
-                        help="flower-superlink's Fleet API, e.g. 127.0.0.1:8000, its default (needs pip install 'fedproto[fleet]')")
+                        help="flower-superlink's Fleet API, e.g. 127.0.0.1:8000, its default "
+                             "(needs pip install 'fedproto[fleet]')")
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR",
                         help="handler instance, class or zero-argument factory, e.g. fedproto.client.demo:make_client")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
@@ -180,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "the node counts as offline 2 x interval after the last one (default: %(default)s)")
     fleet.add_argument("--poll-interval", type=positive_seconds, default=3.0, metavar="SECONDS",
                        help="how often an idle node asks for messages (default: %(default)s, like flower-supernode)")
+    fleet.add_argument("--call-timeout", type=positive_seconds, default=CallLimits.floor, metavar="SECONDS",
+                       help="each request may take this long plus the time its bytes take at --min-transfer-rate; "
+                            "past that deadline it counts as unanswered and is retried (default: %(default)s)")
+    fleet.add_argument("--min-transfer-rate", type=bytes_per_second, default=CallLimits.min_rate,
+                       metavar="BYTES_PER_SECOND",
+                       help="slowest link the deadline allows for: every byte sent or received adds "
+                            "1/rate s to it (default: %(default)s, 64 kbit/s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -218,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 poll_interval=args.poll_interval,
                 max_message_length=args.max_message_length,
                 retry=retry,
+                call_limits=CallLimits(args.call_timeout, args.min_transfer_rate),
             )
         return run_client(
             args.server,

@@ -9,12 +9,19 @@ holds the rules; ``docs/fleet-node.md`` the details):
 2. Ask the session what to do (``session.next_step(now)``) and do it:
    - ``Send``: POST the request bytes to the SuperLink, give the response bytes back. A
      refusal (HTTP 4xx, gRPC UNAUTHENTICATED...) goes back as a ``Refusal``; a SuperLink that
-     cannot be reached is retried here with exponential backoff, like the Join client does.
+     cannot be reached, or whose answer is not whole in time, is retried here with bounded
+     exponential backoff, like the Join client does. Every call has one deadline
+     (:class:`CallLimits`), across all its reads and writes.
    - ``RunHandler``: start the user's handler on a worker thread and keep looping: the session
      hands out heartbeats while a long ``fit`` runs.
    - ``Wait``: sleep until then, or until the handler ends or a signal arrives.
    - ``Finished``: exit.
 3. SIGINT / SIGTERM: tell the session to stop; it deactivates and unregisters, then finishes.
+   A call stalled when the signal comes is given up within READ_SLICE (``session.abandon()``),
+   so leaving does not wait for it; a second signal gives up on leaving too.
+
+Everything the SuperLink says that reaches a log line or an error (a refusal's body, a bad
+status line, gRPC details) goes through ``fedproto.text.bound_text``: one line, bounded.
 
 Why ``http.client``: the Fleet API over HTTP is one POST per request and response, HTTP/1.1,
 with protobuf bodies. The standard library does that (keep-alive, TLS through ``ssl``) without a
@@ -30,8 +37,10 @@ from __future__ import annotations
 import base64
 import datetime
 import http.client
+import io
 import logging
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -60,6 +69,8 @@ from fedproto.node import (
     refusal_for_grpc_code,
     refusal_for_http_status,
 )
+from fedproto.objects import CHUNK_SIZE
+from fedproto.text import bound_text
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
 log = logging.getLogger("fedproto.client")
@@ -68,7 +79,11 @@ EXIT_REFUSED = 5  # the SuperLink refused to register or activate this node
 EXIT_USAGE = 2  # like argparse: the [fleet] extra is not installed, --node-key unusable
 
 TRANSPORTS = ("http", "grpc-rere")
-CALL_TIMEOUT = 60.0  # seconds one request may take (objects are at most 5 MiB plus a header)
+CALL_TIMEOUT = 60.0  # seconds any call may take before its bytes are counted (see CallLimits)
+MIN_TRANSFER_RATE = 8192.0  # bytes/s (64 kbit/s): a link at least this fast is never cut
+CONNECT_TIMEOUT = 10.0  # seconds for the TCP connection and the TLS handshake, within the call's deadline
+READ_SLICE = 0.5  # seconds a blocked read or write waits before it looks at the stop flag again
+READ_PIECE = 65536  # bytes of a response body read at a time
 # flower-superlink (uvicorn) closes a keep-alive connection after 5 s without a request. Reusing
 # one that may be closed fails the next request, so a connection idle this long is not reused.
 KEEPALIVE_IDLE = 4.0
@@ -96,9 +111,10 @@ class NodeKey:
         if private_key_pem is None:
             key = ec.generate_private_key(ec.SECP384R1())  # the curve flwr's SuperNode uses
         else:
-            key = serialization.load_pem_private_key(private_key_pem, password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"--node-key must be an EC private key, got {type(key).__name__}")
+            loaded = serialization.load_pem_private_key(private_key_pem, password=None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"--node-key must be an EC private key, got {type(loaded).__name__}")
+            key = loaded
         self._key, self._ecdsa = key, ec.ECDSA(hashes.SHA256())
         self.public_key_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -125,7 +141,110 @@ class NodeKey:
 
 
 class Unreachable(Exception):
-    """The request did not get an answer (connection refused or lost, HTTP 5xx, UNAVAILABLE)."""
+    """No whole answer (connection refused or lost, body cut off or too big, deadline, HTTP 5xx, UNAVAILABLE)."""
+
+
+class Interrupted(Exception):
+    """A stop was requested while the call was outstanding: the call was given up."""
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """How long one call may take: ``floor`` seconds plus the time its bytes take at ``min_rate``.
+
+    The request's bytes count from the start; the response's count as they arrive (HTTP), or, on
+    gRPC, where the deadline is fixed when the call starts, the largest response the RPC can
+    bring. So a link at least ``min_rate`` fast is never cut, whatever the size, while a peer
+    that announces a big body and dribbles it is cut after about ``floor``. At most a call
+    lasts ``floor + (request + --max-message-length) / min_rate``.
+    """
+
+    floor: float = CALL_TIMEOUT
+    min_rate: float = MIN_TRANSFER_RATE
+
+
+class CallClock:
+    """The deadline of one HTTP call, and the event that gives the call up (a stop request)."""
+
+    def __init__(self, limits: CallLimits, request_bytes: int, max_credit: int,
+                 interrupt: threading.Event | None) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + limits.floor + request_bytes / limits.min_rate
+        self.min_rate, self.credit_left, self.interrupt = limits.min_rate, max_credit, interrupt
+
+    def received(self, count: int) -> None:
+        """``count`` response bytes arrived: they extend the deadline (up to ``max_credit`` bytes)."""
+        credited = min(count, self.credit_left)
+        self.credit_left -= credited
+        self.deadline += credited / self.min_rate
+
+    def next_wait(self) -> float:
+        """Seconds the next blocking socket operation may wait; raises if the call must end now."""
+        if self.interrupt is not None and self.interrupt.is_set():
+            raise Interrupted()
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Unreachable(f"no whole answer within the call's deadline ({time.monotonic() - self.started:.1f} s)")
+        return min(left, READ_SLICE)
+
+
+class SlicedSocket:
+    """A connected socket as http.client uses it, whose reads and writes wait in READ_SLICE steps.
+
+    A socket timeout bounds one read, not a call: a peer that sends a byte now and then resets it
+    forever. Here each wait is a slice of the call's clock; between slices the clock may end the
+    call (deadline passed, stop requested). A timed-out slice leaves the socket usable (TLS too).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.clock: CallClock | None = None  # set for each call
+
+    def _wait(self) -> None:
+        assert self.clock is not None, "a call's clock is set before the call"
+        self.sock.settimeout(self.clock.next_wait())
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            self._wait()
+            try:
+                sent = self.sock.send(view)
+            except TimeoutError:
+                continue
+            view = view[sent:]
+
+    def recv_into(self, buffer: Any) -> int:
+        while True:
+            self._wait()
+            try:
+                count = self.sock.recv_into(buffer)
+            except TimeoutError:
+                continue
+            assert self.clock is not None
+            self.clock.received(count)
+            return count
+
+    def makefile(self, mode: str) -> io.BufferedReader:  # what http.client reads a response from
+        return io.BufferedReader(_SlicedReader(self))
+
+    def close(self) -> None:
+        """Nothing: http.client calls this on a "Connection: close" answer before its body is read;
+        HttpFleet closes the socket itself (``close_socket``)."""
+
+    def close_socket(self) -> None:
+        self.sock.close()
+
+
+class _SlicedReader(io.RawIOBase):
+    def __init__(self, sock: SlicedSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
 
 
 class Refused(Exception):
@@ -141,64 +260,112 @@ class TlsFailure(Exception):
 class HttpFleet:
     """POST /v1/fleet/<rpc> with protobuf bodies, one keep-alive connection, reopened after errors."""
 
-    def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int) -> None:
+    def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int,
+                 limits: CallLimits) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
-        self.key, self.max_length = key, max_length
+        self.key, self.max_length, self.limits = key, max_length, limits
         self.tls = None
         if root_certificates is not None:
             self.tls = ssl.create_default_context(cadata=root_certificates.decode("ascii"))
         self.connection: http.client.HTTPConnection | None = None
+        self.sock: SlicedSocket | None = None  # the connection's socket, closed only by close()
         self.last_used = 0.0
 
-    def call(self, rpc: str, request: bytes) -> bytes:
+    def call(self, rpc: str, request: bytes, interrupt: threading.Event | None) -> bytes:
+        """The 200 response's body; raises Refused, Unreachable, TlsFailure or Interrupted (``interrupt`` set)."""
         if self.connection is not None and time.monotonic() - self.last_used > KEEPALIVE_IDLE:
             self.close()
-        if self.connection is None:
-            if self.tls is None:
-                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=CALL_TIMEOUT)
-            else:
-                self.connection = http.client.HTTPSConnection(self.host, self.port, timeout=CALL_TIMEOUT,
-                                                              context=self.tls)
+        clock = CallClock(self.limits, len(request), self.max_length, interrupt)
         headers = {"Content-Type": PROTOBUF, "Accept": PROTOBUF, **self.key.http_headers()}
         try:
+            self._connect()
+            assert self.connection is not None and self.sock is not None
+            self.sock.clock = clock
             self.connection.request("POST", RPCS[rpc].http_path, body=request, headers=headers)
             response = self.connection.getresponse()
-            length = int(response.headers.get("Content-Length") or 0)
-            if length > self.max_length:
-                raise Unreachable(f"{rpc}: response of {length} bytes is above --max-message-length")
-            body = response.read(self.max_length + 1)
+            body = self._whole_body(response)
             self.last_used = time.monotonic()
         except ssl.SSLError as error:  # certificate not trusted, not a TLS server, ...
             self.close()
-            raise TlsFailure(str(error)) from None
+            raise TlsFailure(bound_text(str(error))) from None
         except (OSError, http.client.HTTPException, ValueError) as error:
             self.close()  # the next attempt opens a fresh connection
-            raise Unreachable(f"{type(error).__name__}: {error}") from None
+            raise Unreachable(bound_text(f"{type(error).__name__}: {error}")) from None
+        except (Unreachable, Interrupted):
+            self.close()
+            raise
         if response.status == 200:
             return body
         # flwr's SuperLink answers errors as JSON, e.g. {"code": 23, "message": "Public key already in use."}
-        detail = f"HTTP {response.status}: {body[:300].decode('utf-8', 'replace')}"
+        detail = f"HTTP {response.status}: {bound_text(body[:1000].decode('utf-8', 'replace'))}"
         refusal = refusal_for_http_status(response.status)
         if refusal is None:
             raise Unreachable(detail)
         raise Refused(refusal, detail)
 
+    def _connect(self) -> None:
+        """Connect, unless the keep-alive connection is there and http.client has not let it go."""
+        if self.connection is None:
+            if self.tls is None:
+                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT)
+            else:
+                self.connection = http.client.HTTPSConnection(self.host, self.port, timeout=CONNECT_TIMEOUT,
+                                                              context=self.tls)
+        if self.connection.sock is None:  # new, or the last answer said "Connection: close"
+            if self.sock is not None:
+                self.sock.close_socket()
+            self.sock = SlicedSocket(self._new_socket(self.connection))
+            self.connection.sock = self.sock  # http.client reads and writes through it from now on
+
+    @staticmethod
+    def _new_socket(connection: http.client.HTTPConnection) -> socket.socket:
+        connection.connect()  # TCP and TLS handshake, bounded by CONNECT_TIMEOUT
+        return connection.sock
+
+    def _whole_body(self, response: http.client.HTTPResponse) -> bytes:
+        """The body, whole: exactly Content-Length bytes, or chunked to its last chunk, within max_length.
+
+        http.client returns what arrived when the peer closes early; a cut-off body must not pass
+        for a shorter message (a protobuf cut at a field boundary still parses), so it is counted.
+        A body framed by neither could end anywhere: refused too. Oversize is refused as soon as
+        it is known, before more is read.
+        """
+        expected = response.length  # None when chunked or not given
+        if not response.chunked:
+            if expected is None:
+                raise Unreachable(f"HTTP {response.status} response has neither Content-Length nor chunked "
+                                  "encoding: cannot tell whether it is whole")
+            if expected > self.max_length:
+                raise Unreachable(f"response of {expected} bytes is above --max-message-length ({self.max_length})")
+        body = bytearray()
+        while piece := response.read(min(READ_PIECE, self.max_length + 1 - len(body))):
+            body += piece
+            if len(body) > self.max_length:
+                raise Unreachable(f"chunked response above --max-message-length ({self.max_length} bytes)")
+        if expected is not None and len(body) != expected:
+            raise Unreachable(f"response cut off after {len(body)} of {expected} bytes")
+        return bytes(body)
+
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
+        if self.sock is not None:
+            self.sock.close_socket()
+            self.sock = None
 
 
 class GrpcFleet:
     """Unary calls on /flwr.proto.Fleet/<rpc>, raw bytes in and out (the session parses them)."""
 
-    def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int) -> None:
+    def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int,
+                 limits: CallLimits) -> None:
         import grpc  # only this transport needs it; the HTTP node does not load gRPC
 
         from fedproto.wire import message_size_options
 
-        self.grpc, self.key = grpc, key
+        self.grpc, self.key, self.limits = grpc, key, limits
         options = message_size_options(max_length)
         if root_certificates is None:
             self.channel = grpc.insecure_channel(address, options=options)
@@ -206,15 +373,27 @@ class GrpcFleet:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self.channel = grpc.secure_channel(address, credentials, options=options)
 
-    def call(self, rpc: str, request: bytes) -> bytes:
+    def call(self, rpc: str, request: bytes, interrupt: threading.Event | None) -> bytes:
+        """As HttpFleet.call. gRPC enforces the deadline (it checks size limits and wholeness itself)."""
         method = self.channel.unary_unary(RPCS[rpc].grpc_method)  # no serializers: bytes both ways
+        largest_response = CHUNK_SIZE if rpc == "PullObject" else 0  # the one RPC that brings big answers
+        deadline = self.limits.floor + (len(request) + largest_response) / self.limits.min_rate
+        future = method.future(request, metadata=self.key.grpc_metadata(), timeout=deadline)
         try:
-            return method(request, metadata=self.key.grpc_metadata(), timeout=CALL_TIMEOUT)
+            # Waited for in slices, so that a stop request gives the call up at once.
+            while True:
+                if interrupt is not None and interrupt.is_set():
+                    future.cancel()
+                    raise Interrupted()
+                try:
+                    return future.result(timeout=READ_SLICE)
+                except self.grpc.FutureTimeoutError:
+                    continue
         except self.grpc.RpcError as error:
-            code, details = error.code(), error.details()
+            code, details = error.code(), bound_text(error.details() or "")
             detail = f"{code.name}: {details}"
             # gRPC reports a failed handshake only as UNAVAILABLE with a text; see client/app.py.
-            if code == self.grpc.StatusCode.UNAVAILABLE and is_tls_failure(details or ""):
+            if code == self.grpc.StatusCode.UNAVAILABLE and is_tls_failure(details):
                 raise TlsFailure(detail) from None
             refusal = refusal_for_grpc_code(code.name)
             if refusal is None:
@@ -244,6 +423,7 @@ def run_node(
     poll_interval: float = 3.0,
     max_message_length: int = MAX_MESSAGE_LENGTH,
     retry: Retry = Retry(),
+    call_limits: CallLimits = CallLimits(),
     install_signal_handlers: bool = True,
 ) -> int:
     """Serve ``handler`` as a node of the SuperLink at ``superlink`` until stopped. Returns an exit code."""
@@ -257,16 +437,21 @@ def run_node(
         print(f"fedproto-client: cannot use --node-key: {error}", file=sys.stderr)
         return EXIT_USAGE
     fleet_class = HttpFleet if transport == "http" else GrpcFleet
-    fleet = fleet_class(superlink, key, root_certificates, max_message_length)
+    fleet = fleet_class(superlink, key, root_certificates, max_message_length, call_limits)
     session = NodeSession(handler, key.public_key_pem, heartbeat_interval=heartbeat_interval,
-                          poll_interval=poll_interval)
+                          poll_interval=poll_interval, max_message_length=max_message_length)
 
-    # A signal only sets a flag; the loop below sees it between two requests.
+    # A signal only sets flags; the loop sees them between two requests, a call within READ_SLICE.
     wake = threading.Event()  # set by a signal or by the worker when the handler returns
-    stop_requested = threading.Event()
+    stop_requested = threading.Event()  # first signal: give up the call in flight, then leave
+    leave_now = threading.Event()  # second signal: give up leaving too
 
     def request_stop(signum: int, _frame: Any) -> None:
-        log.info("%s received: leaving the federation", signal.Signals(signum).name)
+        if stop_requested.is_set():
+            log.info("%s received again: leaving without waiting for the SuperLink", signal.Signals(signum).name)
+            leave_now.set()
+        else:
+            log.info("%s received: leaving the federation", signal.Signals(signum).name)
         stop_requested.set()
         wake.set()
 
@@ -292,7 +477,8 @@ def run_node(
             step = session.next_step(time.time())
 
             if isinstance(step, Send):
-                outcome = _send(fleet, session, step, retry, stop_requested, stopping, superlink)
+                interrupt = leave_now if stopping else stop_requested
+                outcome = _send(fleet, session, step, retry, interrupt, stopping, superlink)
                 if outcome is not None:
                     return outcome
                 if session.handled_count != handled:
@@ -310,20 +496,24 @@ def run_node(
                     return EXIT_REFUSED
                 log.info("node %d left the SuperLink after %d messages", session.node_id, handled)
                 return EXIT_DONE
-    except NodeProtocolError as error:
-        log.error("protocol error, leaving without deactivating: %s", error)
+    except NodeProtocolError as error:  # its text may quote the SuperLink's bytes
+        log.error("protocol error, leaving without deactivating: %s", bound_text(str(error)))
         return EXIT_PROTOCOL_ERROR
     finally:
         fleet.close()
 
 
-def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, stop_requested: threading.Event,
+def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, interrupt: threading.Event,
           stopping: bool, superlink: str) -> int | None:
-    """One request, retried while the SuperLink is unreachable. Returns an exit code to stop with, or None."""
+    """One request, retried with backoff while it gets no whole answer. Returns an exit code, or None.
+
+    ``interrupt`` set (a stop request; while leaving, a second one) gives the request up: the
+    session is told (``abandon``) and is as before it, so the loop can go on to leave.
+    """
     failures = 0
     while True:
         try:
-            response = fleet.call(step.rpc, step.request)
+            response = fleet.call(step.rpc, step.request, interrupt)
         except Refused as refused:
             log.warning("%s refused by the SuperLink: %s", step.rpc, refused)
             session.refused(refused.refusal, time.time())
@@ -331,10 +521,17 @@ def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, stop_reque
         except TlsFailure as error:
             log.error("TLS handshake with %s failed: %s", superlink, error)
             return EXIT_TLS_ERROR
+        except Interrupted:
+            if stopping:
+                log.warning("%s given up; exiting without deactivating", step.rpc)
+                return EXIT_DONE
+            log.info("%s given up to leave", step.rpc)
+            session.abandon()
+            return None
         except Unreachable as error:
             failures += 1
-            if stopping or stop_requested.is_set():
-                # Asked to leave while the SuperLink is down: it marks us offline after 2 x interval.
+            if stopping:
+                # The SuperLink is down while we leave: it marks us offline after 2 x interval.
                 log.warning("%s to %s failed while leaving (%s); exiting without deactivating",
                             step.rpc, superlink, error)
                 return EXIT_DONE
@@ -343,7 +540,9 @@ def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, stop_reque
                 return EXIT_UNREACHABLE
             delay = retry.delay(failures)
             log.warning("%s to %s failed: %s; again in %.1f s", step.rpc, superlink, error, delay)
-            stop_requested.wait(delay)
+            if interrupt.wait(delay):  # asked to stop meanwhile: leave instead of trying again
+                session.abandon()
+                return None
             continue
         session.receive(response, time.time())
         return None
@@ -366,6 +565,6 @@ def _log_handled(session: NodeSession) -> None:
     done = session.last_handled
     if done is None:
         return
-    outcome = f"error reply: {done.error}" if done.error else f"reply {done.sent_bytes} bytes"
-    log.info("%s (run %d, %d bytes) answered in %.0f ms, %s", done.message_type, done.run_id,
+    outcome = f"error reply: {bound_text(done.error, 160)}" if done.error else f"reply {done.sent_bytes} bytes"
+    log.info("%s (run %d, %d bytes) answered in %.0f ms, %s", bound_text(done.message_type, 60), done.run_id,
              done.received_bytes, done.handler_seconds * 1000, outcome)
