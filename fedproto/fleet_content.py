@@ -57,10 +57,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedproto import objects
-from fedproto.codec import TENSOR_TYPE, CodecError
 from fedproto.error_pb2 import Error
+from fedproto.errors import CodecError
 from fedproto.handler import Call, HandlerError, HandlerFailure, Result, serve
 from fedproto.message_pb2 import Metadata
+from fedproto.npy import TENSOR_TYPE
 from fedproto.text import bound_text
 
 log = logging.getLogger(__name__)

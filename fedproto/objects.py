@@ -75,10 +75,10 @@ import numpy as np
 from google.protobuf.message import Message as ProtoMessage
 
 from fedproto import recorddict_pb2
-from fedproto.codec import TENSOR_TYPE, CodecError, bytes_to_ndarray, ndarray_to_bytes
 from fedproto.error_pb2 import Error
-from fedproto.errors import FedprotoError
+from fedproto.errors import CodecError, FedprotoError
 from fedproto.message_pb2 import Message, Metadata, ObjectTree
+from fedproto.npy import TENSOR_TYPE, bytes_to_ndarray, ndarray_to_bytes
 from fedproto.text import bound_text
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
