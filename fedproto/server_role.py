@@ -3,7 +3,8 @@
 The counterpart of :mod:`fedproto.dispatch` (the client side). A transport (``server/transport.py``,
 or your port in another language) writes the bytes of an instruction on a client's Join stream,
 reads one ClientMessage back, and hands its bytes to :func:`parse_reply` and then to the
-``decode_*`` function of what it asked. The result is a typed value (:class:`FitRes`...) or a
+``decode_*`` function of what it asked (a FitRes's bytes go to :func:`decode_fit_reply` whole: it
+picks how to read them). The result is a typed value (:class:`FitRes`...) or a
 :class:`ReplyError` whose ``kind`` (:class:`FailureKind`) and ``reason`` say why the reply does
 not count; the FL loop records that as a :class:`Failure` of that client. Nothing here opens
 sockets, starts threads or sleeps.
@@ -18,14 +19,14 @@ Invariants
    matches the global model in tensor count, shapes and dtypes, byte order included
    (:func:`check_update`, the one place an update is compared with the model). Anything else is a
    :class:`ReplyError`, never an exception of another type.
-5. An initial model (GetParametersRes) has at least one tensor and only numeric ones (ints,
+3. An initial model (GetParametersRes) has at least one tensor and only numeric ones (ints,
    uints, floats, complex; not bool): it is what every update is checked against, and an
    average of it must be a model of the same dtype (:func:`check_initial_model`).
-6. Peer text (a Status message) is escaped onto one line and cut before it enters a reason, and
+4. Peer text (a Status message) is escaped onto one line and cut before it enters a reason, and
    each reply's metrics or properties are capped at ``MAX_METRICS`` entries
    (``fedproto.text.bound_metrics``) as they are decoded.
-3. A strategy never sees protobuf: results carry NumPy arrays and dicts of Python scalars.
-4. ReconnectIns ends a stream: ``seconds=0`` means "we are done, do not come back", ``seconds>0``
+5. A strategy never sees protobuf: results carry NumPy arrays and dicts of Python scalars.
+6. ReconnectIns ends a stream: ``seconds=0`` means "we are done, do not come back", ``seconds>0``
    "come back after that long". The reply, DisconnectRes, carries only a reason; flwr's server
    does not act on it, and a client may close its stream without sending it.
 
@@ -36,7 +37,7 @@ instruction         reply (oneof)       decoded by                   result
 ==================  ==================  ===========================  =====================
 GetPropertiesIns    get_properties_res  decode_get_properties_res    properties (dict)
 GetParametersIns    get_parameters_res  decode_get_parameters_res    NDArrays
-FitIns              fit_res             decode_fit_res               FitRes
+FitIns              fit_res             decode_fit_reply (bytes)     FitRes
 EvaluateIns         evaluate_res        decode_evaluate_res          EvaluateRes
 ReconnectIns        disconnect_res      decode_disconnect_res        Reason value (int)
 ==================  ==================  ===========================  =====================
@@ -72,6 +73,11 @@ NDArrays = list[np.ndarray]
 Config = dict[str, ScalarValue]
 Metrics = dict[str, ScalarValue]
 
+# A FitRes at least this large is decoded in place from the bytes received (its tensors become
+# views of them) instead of being parsed by protobuf first, which copies the tensors twice; a
+# small reply is faster through protobuf's parse.
+IN_PLACE_DECODE_BYTES = 1 << 20
+
 
 # ---------------------------------------------------------------------------- what the loop exchanges
 
@@ -87,6 +93,9 @@ class FitRes:
     parameters: NDArrays
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    # The format the client wrote its tensors in; None if it sent none. The server answers that
+    # client in this format from then on.
+    tensor_type: str | None = None
 
 
 @dataclass
@@ -251,12 +260,12 @@ def decode_scalars(values: Any, field: str) -> dict[str, ScalarValue]:
     """A map of Scalars (metrics, properties) -> dict; MALFORMED for a Scalar with no kind set."""
     try:
         return scalars_from_proto(values, field)
-    except CodecError as error:  # the reason quotes the peer's key: bounded (invariant 6)
+    except CodecError as error:  # the reason quotes the peer's key: bounded (invariant 4)
         raise ReplyError(FailureKind.MALFORMED, bound_text(str(error))) from None
 
 
 def decode_metrics(values: Any, field: str) -> dict[str, ScalarValue]:
-    """A reply's metrics or properties, capped at ``MAX_METRICS`` entries, text bounded (invariant 6)."""
+    """A reply's metrics or properties, capped at ``MAX_METRICS`` entries, text bounded (invariant 4)."""
     return bound_metrics(decode_scalars(values, field))
 
 
@@ -290,7 +299,7 @@ def check_update(parameters: NDArrays, model: NDArrays) -> None:
 
 
 def check_initial_model(arrays: NDArrays, field: str) -> None:
-    """UNUSABLE_MODEL unless ``arrays`` can be the global model (invariant 5).
+    """UNUSABLE_MODEL unless ``arrays`` can be the global model (invariant 3).
 
     An empty model would turn :func:`check_update` off; a bool tensor cannot be averaged into a
     bool. (The codec has already refused every dtype that is not bool or a number.)
@@ -314,6 +323,17 @@ def decode_get_parameters_res(reply: ClientMessage) -> NDArrays:
     check_finite(arrays, "GetParametersRes.parameters")
     check_initial_model(arrays, "GetParametersRes.parameters")
     return arrays
+
+
+def decode_fit_reply(data: bytes, model: NDArrays) -> FitRes:
+    """The bytes of a reply to FitIns(``model``) -> FitRes, read the cheaper way for their size.
+
+    From :data:`IN_PLACE_DECODE_BYTES` up in place (:func:`decode_fit_res_bytes`), below through
+    protobuf (:func:`parse_reply`, :func:`decode_fit_res`): the same result and ReplyError either way.
+    """
+    if len(data) >= IN_PLACE_DECODE_BYTES:
+        return decode_fit_res_bytes(data, model)
+    return decode_fit_res(parse_reply(data), model)
 
 
 def decode_fit_res(reply: ClientMessage, model: NDArrays) -> FitRes:
@@ -353,7 +373,7 @@ def _fit_res(body: Any, tensors: Any, model: NDArrays) -> FitRes:
     if model:
         check_update(parameters, model)
     return FitRes(parameters, check_num_examples(body.num_examples, "FitRes"),
-                  decode_metrics(body.metrics, "FitRes.metrics"))
+                  decode_metrics(body.metrics, "FitRes.metrics"), body.parameters.tensor_type if tensors else None)
 
 
 def decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:

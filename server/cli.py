@@ -67,7 +67,8 @@ exit codes: 0 done, 1 unreadable checkpoint or parameters file, 2 usage error,
             3 not enough clients within --wait-timeout, or no client gave a usable initial model
               (without --initial-parameters), 4 cannot listen (address, TLS files),
             5 nothing learned: rounds ran but none aggregated a single fit result (every fit
-              failed), so the final model is the initial one (a WARNING says why)
+              failed, or every client reported num_examples=0), so the final model is the
+              initial one (a WARNING says why)
 """
 
 

@@ -3,10 +3,10 @@
 One round, as flwr's ``Server.fit`` does it:
 
 1. ``strategy.configure_fit`` picks clients and their FitIns; they are sent concurrently.
-2. Every reply is decoded and checked (``fedproto.server_role``) as soon as it arrives, before
-   the strategy sees it. A reply counts as a result only if it is a FitRes with status OK, its
-   tensors decode, are finite and shaped like the global model. Anything else is a
-   :class:`~fedproto.server_role.Failure` saying why, and reaches no strategy.
+2. Every reply is decoded and checked (``fedproto.server_role``, once, from the bytes received)
+   as soon as it arrives, before the strategy sees it. A reply counts as a result only if it is
+   a FitRes with status OK, its tensors decode, are finite and shaped like the global model.
+   Anything else is a :class:`~fedproto.server_role.Failure` saying why, and reaches no strategy.
 3. Each result is folded into the round's aggregator (``strategy.begin_fit``) as it arrives and
    then dropped, so the server holds the running aggregate, not the N results; once every
    client has answered (or failed), ``finish`` gives the new global parameters. Decoding and
@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedproto import framing
 from fedproto.codec import TENSOR_TYPE
 from fedproto.server_role import (
     EvaluateIns,
@@ -52,13 +51,13 @@ from fedproto.server_role import (
     NDArrays,
     ReplyError,
     decode_evaluate_res,
-    decode_fit_res,
-    decode_fit_res_bytes,
+    decode_fit_reply,
     decode_get_parameters_res,
     encode_evaluate_ins,
     encode_fit_ins,
     encode_get_parameters_ins,
     encode_reconnect_ins,
+    parse_reply,
     reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage
@@ -72,11 +71,6 @@ log = logging.getLogger("fedproto.server")
 
 # How long the closing ReconnectIns waits for each client's DisconnectRes.
 DISCONNECT_TIMEOUT_SECONDS = 10.0
-
-# A FitRes answering a model at least this large is decoded in place from the bytes received
-# (its tensors become views of them) instead of being parsed by protobuf first, which copies
-# the tensors twice; a small reply is faster through protobuf's parse.
-IN_PLACE_DECODE_BYTES = 1 << 20
 
 
 class ClientsUnavailable(TimeoutError):
@@ -98,8 +92,13 @@ class ServerResult:
 
     @property
     def learned(self) -> bool:
-        """False if rounds ran and not one of them aggregated a fit result (the model never changed)."""
-        return not self.history.rounds or any(record.fit_ok for record in self.history.rounds)
+        """False if rounds ran and not one of them aggregated a fit result (the model never changed).
+
+        A round counts by ``fit_clients``, the results that went into the model: results that
+        decoded but were not aggregated (all with num_examples=0, or a failure with
+        accept_failures=False) changed nothing.
+        """
+        return not self.history.rounds or any(record.fit_clients for record in self.history.rounds)
 
 
 class ClientFormats:
@@ -165,11 +164,8 @@ async def run_rounds(strategy: Strategy, clients: ClientManager, config: LoopCon
              max(history.last_round - first_round + 1, 0), time.perf_counter() - started)
     result = ServerResult(history, parameters)
     if not result.learned:
-        failures = [f for record in history.rounds for f in record.fit_failures]
-        kinds = sorted({f.kind.value for f in failures})
-        log.warning("nothing learned: none of the %d round(s) aggregated a fit result (%d fit failures: %s); "
-                    "the final model is the initial one", len(history.rounds), len(failures),
-                    ", ".join(kinds) or "no client was asked to fit")
+        log.warning("nothing learned: none of the %d round(s) aggregated a fit result (%s); "
+                    "the final model is the initial one", len(history.rounds), _why_nothing_learned(history))
     return result
 
 
@@ -216,18 +212,13 @@ async def _run_round(
         model = parameters  # the model every FitRes of this round answers
         fit = strategy.begin_fit(server_round, model)
         exchange = Exchange(server_round, "fit", formats)
-        if sum(array.nbytes for array in model) >= IN_PLACE_DECODE_BYTES:
-            def settle_fit(client: ClientProxy, data: bytes) -> str | None:
-                fit.fold(client, decode_fit_res_bytes(data, model))
-                return _fit_res_tensor_type(data)
 
-            await exchange.run(instructions, encode_fit_ins, config.round_timeout, settle_fit, raw=True)
-        else:
-            def settle_fit(client: ClientProxy, reply: ClientMessage) -> str | None:
-                fit.fold(client, decode_fit_res(reply, model))
-                return reply_tensor_type(reply)
+        def settle_fit(client: ClientProxy, data: bytes) -> str | None:
+            result = decode_fit_reply(data, model)
+            fit.fold(client, result)
+            return result.tensor_type
 
-            await exchange.run(instructions, encode_fit_ins, config.round_timeout, settle_fit)
+        await exchange.run(instructions, encode_fit_ins, config.round_timeout, settle_fit)
         record.fit_ok, record.fit_failures = len(exchange.succeeded), exchange.failures
         aggregated, metrics = await asyncio.to_thread(fit.finish, exchange.failures)
         if aggregated is not None:
@@ -247,8 +238,8 @@ async def _run_round(
         evaluation = strategy.begin_evaluate(server_round)
         exchange = Exchange(server_round, "evaluate", formats)
 
-        def settle_evaluate(client: ClientProxy, reply: ClientMessage) -> None:  # None: it has no tensors
-            evaluation.fold(client, decode_evaluate_res(reply))
+        def settle_evaluate(client: ClientProxy, data: bytes) -> None:  # None: it has no tensors
+            evaluation.fold(client, decode_evaluate_res(parse_reply(data)))
 
         await exchange.run(instructions, encode_evaluate_ins, config.round_timeout, settle_evaluate)
         record.evaluate_ok, record.evaluate_failures = len(exchange.succeeded), exchange.failures
@@ -274,6 +265,18 @@ async def _run_round(
             _describe_losses(distributed_loss, len(record.evaluate_clients), centralized, bool(record.fit_clients)),
             record.seconds, shortfall)
     return parameters
+
+
+def _why_nothing_learned(history: History) -> str:
+    """E.g. "2 fit failures: status" or "3 fit results not aggregated (see the round warnings)"."""
+    failures = [f for record in history.rounds for f in record.fit_failures]
+    unaggregated = sum(record.fit_ok for record in history.rounds)
+    reasons = []
+    if failures:
+        reasons.append(f"{len(failures)} fit failures: {', '.join(sorted({f.kind.value for f in failures}))}")
+    if unaggregated:
+        reasons.append(f"{unaggregated} fit results not aggregated (see the round warnings)")
+    return "; ".join(reasons) or "no client was asked to fit"
 
 
 def _describe_losses(distributed: float | None, evaluated_by: int, centralized: float | None,
@@ -342,10 +345,9 @@ async def _evaluate_centralized(
 class Exchange:
     """One step of a round: send every instruction at once, settle each reply as it arrives.
 
-    ``settle(client, reply)`` decodes and checks a reply (a ClientMessage, or with ``raw=True``
-    the bytes received), folds it into the step's aggregator and returns the reply's tensor_type
-    (None if it tells none); it raises :class:`ReplyError` for a reply that does not count,
-    which then touched nothing.
+    ``settle(client, data)`` decodes and checks a reply from the bytes received, folds it into the
+    step's aggregator and returns the reply's tensor_type (None if it tells none); it raises
+    :class:`ReplyError` for a reply that does not count, which then touched nothing.
     Afterwards ``succeeded`` holds the ids of the clients whose reply counted and ``failures``
     the others, both in the order the instructions were given.
     """
@@ -359,7 +361,7 @@ class Exchange:
 
     async def run(
         self, instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
-        timeout: float | None, settle: Callable[[Any, Any], str | None], raw: bool = False,
+        timeout: float | None, settle: Callable[[Any, bytes], str | None],
     ) -> None:
         # Strategies usually give every client the same Ins object: encode it once per format.
         encoded: dict[tuple[int, str], bytes] = {}
@@ -371,9 +373,8 @@ class Exchange:
 
         async def ask(index: int, client: ClientProxy, ins: FitIns | EvaluateIns) -> None:
             try:
-                receive = client.request_bytes if raw else client.request
-                reply = await receive(encoded[id(ins), self.formats.of(client.cid)], timeout)
-                tensor_type = settle(client, reply)  # no await between arriving and folding: nothing piles up
+                data = await client.request_bytes(encoded[id(ins), self.formats.of(client.cid)], timeout)
+                tensor_type = settle(client, data)  # no await between arriving and folding: nothing piles up
             except ReplyError as error:
                 log.warning("round %d %s: client %s failed: %s: %s",
                             self.server_round, self.step, client.cid, error.kind.value, error.reason)
@@ -395,13 +396,6 @@ class Exchange:
                 self.succeeded.append(client.cid)
             else:
                 self.failures.append(failure)
-
-
-def _fit_res_tensor_type(data: bytes) -> str:
-    """The tensor_type of a FitRes that decoded, read without copying its tensors: protobuf
-    parses the message around them (``fedproto.framing.split_tensors``)."""
-    split = framing.split_tensors(data, ClientMessage)
-    return ClientMessage.FromString(split[0] if split is not None else data).fit_res.parameters.tensor_type
 
 
 def _write_history(path: Path, history: History) -> None:

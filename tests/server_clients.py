@@ -5,6 +5,8 @@ the demo's softmax client so their good replies fit the same model:
 
 - ``NanClient``: fit returns NaN and Inf weights.
 - ``RaisingClient``: fit raises, so the edge client answers with a non-OK Status.
+- ``ZeroExamplesClient``: fit trains as the demo does but reports ``num_examples=0``.
+- ``AddsOneClient``: any model; fit adds 1 to every parameter (1 example), evaluate reports loss 0.
 - ``SlowClient``: fit touches ``$SLOW_FIT_MARKER`` (if set), then sleeps ``$SLOW_FIT_SECONDS``.
 
 Scripts (``python tests/server_clients.py MODE --server HOST:PORT``):
@@ -42,6 +44,20 @@ class NanClient(SoftmaxClient):
 class RaisingClient(SoftmaxClient):
     def fit(self, parameters, config):
         raise RuntimeError("simulated training crash")
+
+
+class ZeroExamplesClient(SoftmaxClient):
+    def fit(self, parameters, config):
+        arrays, _, metrics = super().fit(parameters, config)
+        return arrays, 0, metrics
+
+
+class AddsOneClient:
+    def fit(self, parameters, config):
+        return [p + 1 for p in parameters], 1, {}
+
+    def evaluate(self, parameters, config):
+        return 0.0, 1, {}
 
 
 class SlowClient(SoftmaxClient):

@@ -57,6 +57,46 @@ def test_wait_timeout_gives_up_with_exit_3(spawn):
     assert "0 of the 2 required clients connected within 0.5 s" in server.log()
 
 
+def test_fit_results_that_all_report_zero_examples_are_nothing_learned_exit_5(spawn):
+    """Every FitRes decodes, but FedAvg aggregates none of them (num_examples=0 everywhere):
+    the model never changes, so the run ends as one in which every fit failed."""
+    address = f"127.0.0.1:{free_port()}"
+    server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "2", "--min-clients", "2")
+    clients = [spawn(f"client{p}", "-m", "fedproto.client", "--server", address,
+                     "--app", "tests.server_clients:ZeroExamplesClient") for p in (0, 1)]
+    assert server.wait(60) == 5, server.log()
+    assert all(client.wait(30) == 0 for client in clients)
+    log = server.log()
+    assert log.count("every client reported num_examples=0: no aggregation") == 2
+    assert "round 2/2: fit 2 ok 0 failed" in log and "model unchanged" in log
+    assert ("nothing learned: none of the 2 round(s) aggregated a fit result "
+            "(4 fit results not aggregated (see the round warnings))") in log
+
+
+def test_accept_failures_false_with_one_failing_client_learns_nothing(spawn):
+    """One FitRes decodes, the other client fails: with accept_failures=False the round aggregates
+    nothing, so ServerResult.learned is False although a fit result arrived."""
+    address = f"127.0.0.1:{free_port()}"
+    initial = SoftmaxClient().get_parameters({})
+    strategy = FedAvg(min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2,
+                      accept_failures=False, initial_parameters=initial)
+    outcome: list[ServerResult] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        run_server(address=address, strategy=strategy, rounds=1, wait_timeout=30)))
+    thread.start()
+    clients = [spawn(name, "-m", "fedproto.client", "--server", address, "--app", app)
+               for name, app in (("good", "fedproto.client.demo:make_client"),
+                                 ("raising", "tests.server_clients:RaisingClient"))]
+    thread.join(60)
+    assert not thread.is_alive() and all(client.wait(30) == 0 for client in clients)
+    (result,) = outcome
+    (record,) = result.history.rounds
+    assert (record.fit_ok, len(record.fit_failures), record.fit_clients) == (1, 1, [])
+    assert not result.learned
+    for mine, start in zip(result.parameters, initial, strict=True):
+        np.testing.assert_array_equal(mine, start)
+
+
 def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     reference = SoftmaxClient(partition=0)

@@ -215,6 +215,9 @@ class FormatClient:
             return ClientMessage(fit_res={"parameters": updated, "num_examples": 10})
         return ClientMessage(evaluate_res={"loss": 0.5, "num_examples": 10})
 
+    async def request_bytes(self, message: bytes, timeout=None, last=False) -> bytes:
+        return (await self.request(message, timeout, last)).SerializeToString()
+
 
 def run_in_process(clients: list[FormatClient], tensor_type: str | None = None):
     import asyncio

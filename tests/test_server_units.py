@@ -251,3 +251,69 @@ def test_fedprox_adds_proximal_mu_to_the_fit_config():
     assert len(instructions) == 3 and len({id(ins) for _, ins in instructions}) == 1
     assert instructions[0][1].config == {"server_round": 4, "proximal_mu": 0.25}
     assert repr(strategy).startswith("FedProx(proximal_mu=0.25, fraction_fit=1.0")
+
+
+class FormatWritingClient:
+    """A connected client that writes its tensors in ``tensor_type``: fit answers the model plus 1.
+
+    It records the tensor_type of each FitIns it receives.
+    """
+
+    def __init__(self, cid: str, tensor_type: str) -> None:
+        self.cid, self.tensor_type = cid, tensor_type
+        self.fit_formats: list[str] = []
+
+    async def request_bytes(self, message: bytes, timeout=None, last=False) -> bytes:
+        from fedproto.codec import ndarrays_to_parameters as to_parameters, parameters_to_ndarrays
+        from fedproto.transport_pb2 import ClientMessage, ServerMessage
+
+        ins = ServerMessage.FromString(message)
+        if ins.WhichOneof("msg") == "fit_ins":
+            self.fit_formats.append(ins.fit_ins.parameters.tensor_type)
+            update = [a + 1 for a in parameters_to_ndarrays(ins.fit_ins.parameters)]
+            reply = ClientMessage(fit_res={"num_examples": 1,
+                                           "parameters": to_parameters(update, tensor_type=self.tensor_type)})
+        else:
+            reply = ClientMessage(evaluate_res={"loss": 0.5, "num_examples": 1})
+        return reply.SerializeToString()
+
+    async def request(self, message: bytes, timeout=None, last=False):
+        from fedproto.transport_pb2 import ClientMessage
+
+        return ClientMessage.FromString(await self.request_bytes(message, timeout, last))
+
+
+@pytest.mark.parametrize(("size", "in_place"), [(1_000, False), (300_000, True)], ids=["parsed", "decoded-in-place"])
+def test_the_loop_decodes_each_fit_res_once_and_learns_its_format_from_the_result(monkeypatch, size, in_place):
+    """Each FitRes is read once, by server_role.decode_fit_reply, whichever path its size takes
+    (8 KB: protobuf's parse; 2.4 MB: in place), and the tensor_type the client answers in is the
+    one the decoded result carries: the cpp_double client gets cpp_double from round 2 on."""
+    from fedproto import framing, server_role
+    from fedproto.server.loop import LoopConfig, run_rounds
+    from fedproto.transport_pb2 import ClientMessage
+
+    splits, parses = [], []
+    split, parse = framing.split_tensors, server_role.parse_reply
+    monkeypatch.setattr(framing, "split_tensors", lambda data, outer: splits.append(outer) or split(data, outer))
+    monkeypatch.setattr(server_role, "parse_reply", lambda data: parses.append(len(data)) or parse(data))
+
+    npy, cpp = FormatWritingClient("npy", "numpy.ndarray"), FormatWritingClient("cpp", "cpp_double")
+    model = [np.zeros(size, np.float64)]
+    strategy = FedAvg(initial_parameters=model, min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2)
+
+    async def two_rounds():
+        manager = ClientManager(seed=0)
+        for client in (npy, cpp):
+            manager.register(client)
+        return await run_rounds(strategy, manager, LoopConfig(rounds=2))
+
+    result = asyncio.run(two_rounds())
+    fit_res_count = 4  # 2 clients, 2 rounds
+    if in_place:
+        assert (splits, parses) == ([ClientMessage] * fit_res_count, [])
+    else:
+        assert (splits, len(parses)) == ([], fit_res_count)
+    assert [sorted(record.fit_clients) for record in result.history.rounds] == [["cpp", "npy"]] * 2
+    np.testing.assert_array_equal(result.parameters[0], np.full(size, 2.0))
+    assert npy.fit_formats == ["numpy.ndarray"] * 2
+    assert cpp.fit_formats == ["numpy.ndarray", "cpp_double"]

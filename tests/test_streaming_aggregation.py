@@ -20,15 +20,16 @@ from fedproto.codec import ndarrays_to_parameters
 from fedproto.server_role import (
     EvaluateRes,
     FailureKind,
+    IN_PLACE_DECODE_BYTES,
     FitRes,
     ReplyError,
-    decode_fit_res_bytes,
+    decode_fit_reply,
     parse_reply,
     reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage, ServerMessage
 from fedproto.server.client_manager import ClientManager
-from fedproto.server.loop import IN_PLACE_DECODE_BYTES, LoopConfig, _fit_res_tensor_type, run_rounds
+from fedproto.server.loop import LoopConfig, run_rounds
 from fedproto.server.strategy import CollectedFit, FedAdam, FedAvg, FedAvgFit, WeightedSum
 
 OK = {"code": 0, "message": "Success"}
@@ -181,8 +182,10 @@ def test_a_fitres_decoded_in_place_still_tells_its_tensor_format(tensor_type):
     reply = ClientMessage(fit_res={"status": OK, "num_examples": 1,
                                    "parameters": ndarrays_to_parameters(update, tensor_type=tensor_type)})
     data = reply.SerializeToString()
-    assert _fit_res_tensor_type(data) == tensor_type == reply_tensor_type(parse_reply(data))
-    np.testing.assert_array_equal(decode_fit_res_bytes(data, update).parameters[0], update[0])
+    assert len(data) >= IN_PLACE_DECODE_BYTES
+    decoded = decode_fit_reply(data, update)
+    assert decoded.tensor_type == tensor_type == reply_tensor_type(parse_reply(data))
+    np.testing.assert_array_equal(decoded.parameters[0], update[0])
 
 
 def test_the_running_sum_refuses_a_mismatched_model_before_adding_anything():
