@@ -16,13 +16,18 @@ Per stream (the server speaks first, the client answers each message once, in or
 3. No reply within the timeout: the stream is aborted with DEADLINE_EXCEEDED (as flwr does),
    because a late answer could no longer be told apart from the next one. A ClientMessage
    that arrives when nothing was asked aborts it with FAILED_PRECONDITION, for the same reason.
-4. Stream ends (client closed its side or vanished, abort, server stop): the proxy is
-   unregistered and a pending request fails with ``stream_closed``.
+4. Stream ends (client closed its side or vanished, timeout, abort, server stop): the proxy is
+   unregistered at once (before its closing status is out) and a pending request fails with
+   ``stream_closed``.
 
 A write is bounded by its request's timeout: a client that never reads (its HTTP/2 window
 stays at 0) blocks ``context.write`` for ever, so when the stream ends (timeout, abort) the
-blocked write is cancelled at once, the closing status gets at most ``CLOSE_TIMEOUT`` seconds,
-and the handler returns, which unregisters the proxy.
+blocked write is cancelled at once, the proxy is unregistered, the closing status gets at most
+``CLOSE_TIMEOUT`` seconds (it queues behind the data the client does not take; a WARNING names
+the client if it stays stuck), and the handler returns. The response headers go out on
+their own when the stream opens: the first write would otherwise carry them, and while it is
+stuck gRPC refuses the closing status, which then has to carry them too
+(GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -81,10 +87,12 @@ class ClientProxy:
     the stream at once instead of being read later as the answer to the next instruction.
     """
 
-    def __init__(self, cid: str, peer: str) -> None:
-        """Made on the event loop that serves the stream (``JoinServicer.join``)."""
+    def __init__(self, cid: str, peer: str, on_end: Callable[[ClientProxy], None] | None = None) -> None:
+        """Made on the event loop that serves the stream (``JoinServicer.join``); ``on_end(proxy)``
+        is called once, as soon as the stream is over."""
         self.cid = cid
         self.peer = peer
+        self._on_end = on_end
         # Looked up once: asyncio's own lookup costs a getpid() system call each time, and a
         # round at 10,000 clients makes tens of thousands of futures, timers and writes.
         self._loop = asyncio.get_running_loop()
@@ -137,6 +145,7 @@ class ClientProxy:
         """The writer, run as the RPC's handler. Returns (or aborts) when the stream is over."""
         reader = self._loop.create_task(self._read_replies(context))
         try:
+            await context.send_initial_metadata(())  # see the module docstring: not with the first write
             while True:
                 item = await self._outbox.get()
                 if isinstance(item, _Close):
@@ -148,7 +157,9 @@ class ClientProxy:
                     continue
                 self._in_flight = item  # before the write: the reply may come back at once
                 await self._write_unless_ended(context, item.data)
-        except TimeoutError:  # the closing status was stuck: return, so the proxy is unregistered
+        except TimeoutError:  # the closing status was stuck: the handler returns without it
+            log.warning("client %s: stream dropped without its closing status, stuck for %g s behind "
+                        "a message the client does not read", self.cid, CLOSE_TIMEOUT)
             return
         except asyncio.CancelledError:  # how grpc.aio reports a vanished client (or a stop)
             self._end("stream cancelled (client disconnected or server stopping)", FailureKind.STREAM_CLOSED)
@@ -195,6 +206,8 @@ class ClientProxy:
         """Mark the stream over and fail every request that can no longer be answered."""
         if self._ended is None:
             self._ended = reason
+            if self._on_end is not None:  # out of the pool now, not once the closing status is out
+                self._on_end(self)
         if self._writing is not None:
             self._writing.cancel()  # a write the client never takes would block the writer for ever
         waiting = [self._in_flight] if self._in_flight is not None else []
@@ -220,14 +233,13 @@ class JoinServicer:
         self.client_manager = client_manager
 
     async def join(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        proxy = ClientProxy(uuid.uuid4().hex[:12], context.peer())
+        proxy = ClientProxy(uuid.uuid4().hex[:12], context.peer(), on_end=self.client_manager.unregister)
         self.client_manager.register(proxy)
         log.debug("client %s joined from %s (%d connected)", proxy.cid, proxy.peer,
                   self.client_manager.num_available())
         try:
-            await proxy.serve(context)
+            await proxy.serve(context)  # unregisters the proxy as the stream ends (on_end)
         finally:
-            self.client_manager.unregister(proxy)
             log.debug("client %s left (%d connected)", proxy.cid, self.client_manager.num_available())
 
     def generic_handler(self) -> grpc.GenericRpcHandler:

@@ -1,4 +1,4 @@
-"""Raw-bytes clients that try to change the global model's dtype or to give it an unusable start.
+"""Raw-bytes clients that try to change the global model's dtype, give it an unusable start, or stall the server.
 
 ``python tests/hostile_clients.py MODE --server HOST:PORT`` joins with plain gRPC and fedproto
 messages (no edge client, so nothing on our side cleans up what it sends):
@@ -11,6 +11,10 @@ messages (no edge client, so nothing on our side cleans up what it sends):
   Both answer FitIns with FIT_NOT_IMPLEMENTED.
 
 EvaluateIns gets loss 1.0 on 1 example; ReconnectIns a DisconnectRes, then the client leaves.
+
+- ``never-reads``: opens the Join stream and never reads from it, so its HTTP/2 flow-control
+  window stays shut and a large instruction to it never finishes being written. It leaves after
+  ``NEVER_READS_SECONDS`` (its test stops it sooner).
 """
 
 from __future__ import annotations
@@ -34,6 +38,26 @@ INITIAL_MODELS = {
     "empty-model": [],
     "bool-model": [np.ones((20, 4), bool), np.zeros(4, bool)],
 }
+NEVER_READS_SECONDS = 60
+NEVER_READS_OPTIONS = [
+    ("grpc.http2.bdp_probe", 0),  # no window growth behind the application's back
+    ("grpc.http2.lookahead_bytes", 1024),
+]
+
+
+def never_read(server: str) -> None:
+    import grpc
+
+    from fedproto.wire import JOIN_METHOD
+
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    channel = grpc.insecure_channel(server, options=NEVER_READS_OPTIONS)
+    call = channel.stream_stream(JOIN_METHOD)(iter(outbox.get, None), wait_for_ready=True)
+    print("stream opened; reading nothing", flush=True)
+    time.sleep(NEVER_READS_SECONDS)
+    outbox.put(None)
+    call.cancel()
+    channel.close()
 
 
 def run(server: str, mode: str) -> None:
@@ -79,10 +103,13 @@ def run(server: str, mode: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=[*UPDATE_DTYPES, *INITIAL_MODELS])
+    parser.add_argument("mode", choices=[*UPDATE_DTYPES, *INITIAL_MODELS, "never-reads"])
     parser.add_argument("--server", required=True)
     args = parser.parse_args()
-    run(args.server, args.mode)
+    if args.mode == "never-reads":
+        never_read(args.server)
+    else:
+        run(args.server, args.mode)
 
 
 if __name__ == "__main__":
