@@ -17,8 +17,8 @@ the ``Exchange``: ``exchange.answer(body, status)`` for a normal answer, ``excha
 for what the fake would have answered, ``exchange.write(raw bytes)`` to put anything on the
 socket (status lines, headers, chunks), ``exchange.close()`` to hang up, ``exchange.stall()`` to
 wait until the fake stops. Scripts are consumed per RPC in order; once they are used up, the
-RPC is answered normally again. Ready-made behaviours: ``dribble``, ``cut_off``, ``chunked``,
-``stall``, ``refuse``, ``raw`` (see each).
+RPC is answered normally again. Ready-made behaviours: ``dribble``, ``trickle``, ``cut_off``,
+``chunked``, ``stall``, ``refuse``, ``raw`` (see each).
 
 Every request is recorded in ``received`` (rpc name, request body) before it is answered;
 ``wait_for(rpc, count, timeout)`` waits until that many arrived. The server binds a free loopback
@@ -104,6 +104,17 @@ def dribble(announced: int, every: float) -> Behaviour:
             except OSError:  # the client gave up
                 return
         exchange.close()
+    return behaviour
+
+
+def trickle(body: bytes, rate: float, piece: int = 4096) -> Behaviour:
+    """A whole 200 with ``body``, sent at about ``rate`` bytes/s (a slow but honest link)."""
+    def behaviour(exchange: Exchange) -> None:
+        exchange.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode("ascii"))
+        for start in range(0, len(body), piece):
+            if exchange.stall(piece / rate):
+                return
+            exchange.write(body[start:start + piece])
     return behaviour
 
 

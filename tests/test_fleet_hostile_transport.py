@@ -32,6 +32,7 @@ from hostile_superlink import (
     refuse,
     stall,
     train_message,
+    trickle,
 )
 
 from fedproto.fleet_pb2 import PushMessagesRequest, PushMessagesResponse
@@ -99,6 +100,18 @@ def test_dribbling_response_is_given_up_at_its_deadline_and_retried(fake, start_
     assert_left_properly(fake, node)
 
 
+def test_slow_but_steady_response_outlasting_the_floor_is_taken(fake, start_node):
+    """60 kB at about twice the minimum rate takes ~1.5 s, past the 1 s floor: its bytes extend
+    the deadline, so it is taken whole, not retried."""
+    fake.script("PullMessages", trickle(b"\x78\x00" * 30_000, rate=40_000))  # an unknown field, parses as empty
+    node = start_node(fake.address, "--call-timeout", "1", "--min-transfer-rate", "20000")
+    assert fake.wait_for("PullMessages", 1), node.log()
+    time.sleep(3)  # the answer takes ~1.5 s; cut at 1 s, it would have been asked again 0.2 s later
+    assert fake.count("PullMessages") == 1 and "PullMessages to" not in node.log(), node.log()
+    leave(node, fake)
+    assert_left_properly(fake, node)
+
+
 def test_sigterm_during_a_stalled_call_leaves_at_once_and_deactivates(fake, start_node):
     fake.script("PullMessages", stall)
     node = start_node(fake.address)  # the default deadline: 60 s
@@ -107,6 +120,18 @@ def test_sigterm_during_a_stalled_call_leaves_at_once_and_deactivates(fake, star
     leave(node, fake)
     assert_left_properly(fake, node)
     assert fake.count("PullMessages") == 1
+
+
+def test_second_sigterm_gives_up_a_stalled_deactivation(fake, start_node):
+    fake.script("PullMessages", stall)
+    fake.script("DeactivateNode", stall)
+    node = start_node(fake.address)
+    assert fake.wait_for("PullMessages", 1), node.log()
+    node.popen.send_signal(signal.SIGTERM)
+    assert fake.wait_for("DeactivateNode", 1, timeout=LEAVE_SECONDS), node.log()
+    leave(node, fake)  # the second signal
+    assert fake.count("UnregisterNode") == 0
+    assert "exiting without deactivating" in node.log()
 
 
 def test_body_cut_midway_is_retried_not_a_protocol_error(fake, start_node):
