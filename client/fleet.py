@@ -523,7 +523,7 @@ def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, interrupt:
             return EXIT_TLS_ERROR
         except Interrupted:
             if stopping:
-                log.warning("%s given up; exiting without deactivating", step.rpc)
+                log.warning("%s given up on a second signal; exiting without waiting for the SuperLink", step.rpc)
                 return EXIT_DONE
             log.info("%s given up to leave", step.rpc)
             session.abandon()
