@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import math
 import sys
@@ -77,6 +78,8 @@ import grpc
 import numpy as np
 
 from fedproto.codec import TENSOR_TYPE
+from fedproto.kit.make_vectors import EVERY_SCALAR
+from fedproto.server.endpoint import join_handler
 from fedproto.server_role import (
     EvaluateIns,
     FailureKind,
@@ -97,8 +100,6 @@ from fedproto.server_role import (
 )
 from fedproto.transport_pb2 import ClientMessage, Code, Reason
 from fedproto.wire import message_size_options
-from fedproto.kit.make_vectors import EVERY_SCALAR
-from fedproto.server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.conformance")
 
@@ -161,40 +162,49 @@ class Row:
         return self.result != "FAIL"
 
 
-def number(name: str) -> int:
-    return STEP_NAMES.index(name) + 1
+def number(name: str, steps: list[Step] | None = None) -> int:
+    return [step.name for step in (steps or STEPS)].index(name) + 1
 
 
 def selected_steps(skip: list[str] = (), only: list[str] = ()) -> dict[str, str]:
     """Step name -> why it is skipped, for every step left out by ``skip`` / ``only`` (names)."""
     if "join" in skip:
         raise ValueError("step 1 (join) cannot be skipped: every other step needs a client")
-    asked, skip, only = set(skip), _with_groups(skip), _with_groups(only)
+    return select(STEPS, GROUPS, "join", skip, only)
+
+
+def select(steps: list[Step], groups: list[tuple[str, ...]], first: str, skip=(), only=()) -> dict[str, str]:
+    """Step name -> why it is skipped: ``skip``/``only`` (names) with the steps' needs and groups.
+
+    Shared by the Join and the Fleet runner; ``first`` is the step every other one needs.
+    """
+    names = [step.name for step in steps]
+    asked, skip, only = set(skip), _with_groups(skip, groups), _with_groups(only, groups)
     skipped: dict[str, str] = {}
     if only:
-        wanted = {"join", *only}
-        for step in reversed(STEPS):  # a step's needs come before it
+        wanted = {first, *only}
+        for step in reversed(steps):  # a step's needs come before it
             if step.name in wanted:
                 wanted.update(step.needs)
-        wanted = _with_groups(wanted)
-        skipped = {step.name: "skipped (--only)" for step in STEPS if step.name not in wanted}
-    for step in STEPS:
+        wanted = _with_groups(wanted, groups)
+        skipped = {step.name: "skipped (--only)" for step in steps if step.name not in wanted}
+    for step in steps:
         if step.name in asked:
             skipped[step.name] = "skipped (--skip)"
         elif step.name in skip:
-            partner = next(name for name in STEP_NAMES if name in asked and _with_groups([name]) >= {step.name})
-            skipped[step.name] = f"skipped: runs only with step {number(partner)} ({partner})"
+            partner = next(name for name in names if name in asked and _with_groups([name], groups) >= {step.name})
+            skipped[step.name] = f"skipped: runs only with step {number(partner, steps)} ({partner})"
         else:
             missing = [need for need in step.needs if need in skipped]
             if missing and step.name not in skipped:
-                skipped[step.name] = f"skipped: needs step {number(missing[0])} ({missing[0]})"
+                skipped[step.name] = f"skipped: needs step {number(missing[0], steps)} ({missing[0]})"
     return skipped
 
 
-def _with_groups(names) -> set[str]:
+def _with_groups(names, groups: list[tuple[str, ...]]) -> set[str]:
     """``names`` plus the rest of every group one of them belongs to."""
     names = set(names)
-    for group in GROUPS:
+    for group in groups:
         if names & set(group):
             names.update(group)
     return names
@@ -600,18 +610,30 @@ def _host(peer: str) -> str:
     return peer.rsplit(":", 1)[0]
 
 
-def format_table(rows: list[Row]) -> str:
-    width = max(len(STEPS[i].title) + len(STEPS[i].name) + 3 for i in range(len(STEPS)))
+def format_table(rows: list[Row], steps: list[Step] | None = None) -> str:
+    """The verdict table (one row per step, in ``steps`` order) and a summary line; both runners print it."""
+    steps = steps or STEPS
+    width = max(len(step.title) + len(step.name) + 3 for step in steps)
     lines = [f" #  {'check':<{width}}  result  detail", f"--  {'-' * width}  ------  {'-' * 6}"]
     for index, row in enumerate(rows):
-        check = f"{STEPS[index].title} [{row.step}]"
+        check = f"{steps[index].title} [{row.step}]"
         lines.append(f"{index + 1:2d}  {check:<{width}}  {row.result:<6}  {row.detail}")
-    failed = [f"{number(r.step)} {r.step}" for r in rows if r.result == "FAIL"]
+    failed = [f"{number(r.step, steps)} {r.step}" for r in rows if r.result == "FAIL"]
     skipped = sum(r.result == "SKIP" for r in rows)
     ran = len(rows) - skipped
     summary = (f"{len(failed)} of {ran} checks FAILED: " + "; ".join(failed)) if failed else f"all {ran} checks passed"
     lines.append(summary + (f" ({skipped} skipped)" if skipped else ""))
     return "\n".join(lines)
+
+
+def write_json(path: str, rows: list[Row], steps: list[Step] | None = None) -> None:
+    """The verdicts for a porter's CI: {"passed": bool, "steps": [{number, name, title, result, detail}]}."""
+    steps = steps or STEPS
+    verdicts = [{"number": index, "name": row.step, "title": step.title, "result": row.result, "detail": row.detail}
+                for index, (step, row) in enumerate(zip(steps, rows), 1)]
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({"passed": all(row.passed for row in rows), "steps": verdicts}, out, indent=2)
+        out.write("\n")
 
 
 # ---------------------------------------------------------------------------- running
@@ -689,11 +711,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave this step out (and the steps that need it); repeatable")
     choice.add_argument("--only", type=step_name, action="append", default=[], metavar="STEP",
                         help="run only this step, with join and the steps it needs; repeatable")
+    parser.add_argument("--json", metavar="FILE", help="also write the verdicts to FILE as JSON (for CI)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--fleet", action="store_true",
+                        help="grade a Fleet API node instead (the runner plays a SuperLink): "
+                             "see fedproto-conformance --fleet --help")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own_flags = argv[: argv.index("--")] if "--" in argv else argv  # what follows "--" is the node's command
+    if "--fleet" in own_flags:
+        from fedproto.kit import fleet_conformance  # needs the [fleet] extra (cryptography)
+
+        return fleet_conformance.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -709,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     print(format_table(rows), flush=True)
+    if args.json:
+        write_json(args.json, rows)
     return EXIT_ALL_PASSED if all(r.passed for r in rows) else EXIT_FAILED
 
 
