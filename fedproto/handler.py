@@ -37,8 +37,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from fedproto.npy import dtype_refusal, shape_refusal
 from fedproto.errors import FedprotoError
+from fedproto.npy import dtype_refusal, shape_refusal
 
 log = logging.getLogger(__name__)
 

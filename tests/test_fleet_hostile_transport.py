@@ -19,6 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from fedproto.fleet_pb2 import PushMessagesRequest, PushMessagesResponse
+from fedproto.message_pb2 import PushObjectRequest
 from hostile_superlink import (
     Exchange,
     HostileGrpcSuperLink,
@@ -34,9 +37,6 @@ from hostile_superlink import (
     train_message,
     trickle,
 )
-
-from fedproto.fleet_pb2 import PushMessagesRequest, PushMessagesResponse
-from fedproto.message_pb2 import PushObjectRequest
 
 pytestmark = pytest.mark.timeout(60)
 

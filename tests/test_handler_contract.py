@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_client_interop import assert_exits_zero, assert_fedavg_run, start_edge_client, start_flwr_server
-from test_fleet_interop import assert_arrays_equal, expected_fedavg, run, start_nodes, stop_node
 
 from fedproto import objects
 from fedproto.dispatch import ClientSession
@@ -21,6 +19,8 @@ from fedproto.fleet_content import answer, read_instruction
 from fedproto.message_pb2 import Metadata
 from fedproto.tensor_formats import encode_parameters
 from fedproto.transport_pb2 import ServerMessage
+from test_client_interop import assert_exits_zero, assert_fedavg_run, start_edge_client, start_flwr_server
+from test_fleet_interop import assert_arrays_equal, expected_fedavg, run, start_nodes, stop_node
 
 W = np.arange(6, dtype=np.float32).reshape(2, 3)
 
