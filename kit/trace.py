@@ -1,5 +1,7 @@
 """fedproto-trace: a man-in-the-middle relay for FlowerService.Join that logs every message.
 
+(``fedproto-trace --fleet`` relays the Fleet API of a flower-superlink instead: kit/fleet_trace.py.)
+
 Clients connect to ``--listen``; for each Join stream the relay opens its own stream to
 ``--upstream`` and copies bytes both ways, unchanged. Every message is decoded on the side to
 print one line: time, stream, direction, oneof, serialized size, tensor dtypes and shapes,
@@ -27,7 +29,9 @@ import json
 import logging
 import random
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -129,6 +133,11 @@ def _scalars(values: Any, name: str) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+def format_values(name: str, values: dict[str, Any]) -> str:
+    """``name={key=value, ...}``: config, properties or metrics on a console line."""
+    return f"{name}={{" + ", ".join(f"{key}={value!r}" for key, value in values.items()) + "}"
+
+
 def format_line(record: dict[str, Any]) -> str:
     """One human-readable console line for a message or stream event."""
     head = f"{record['elapsed_s']:9.3f}s  stream {record['stream']}"
@@ -155,7 +164,7 @@ def format_line(record: dict[str, Any]) -> str:
         parts.append(f"num_examples={record['num_examples']}")
     for name in ("config", "properties", "metrics"):
         if name in record:
-            parts.append(f"{name}={{" + ", ".join(f"{k}={v!r}" for k, v in record[name].items()) + "}")
+            parts.append(format_values(name, record[name]))
     if "rtt_ms" in record:
         parts.append(f"rtt={record['rtt_ms']:.1f} ms")
     if "fault" in record:
@@ -166,23 +175,37 @@ def format_line(record: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the relay
 
 
+class TraceLog:
+    """Where a relay's records go: one console line each and, with ``--jsonl``, one JSON object per line.
+
+    Shared by the Join relay and the Fleet relay (kit/fleet_trace.py); safe to call from threads.
+    """
+
+    def __init__(self, console: TextIO, jsonl: TextIO | None) -> None:
+        self.console, self.jsonl = console, jsonl
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def write(self, record: dict[str, Any], format_record: Callable[[dict[str, Any]], str]) -> None:
+        record = {"time": time.time(), "elapsed_s": round(time.monotonic() - self.started, 6), **record}
+        with self.lock:
+            print(format_record(record), file=self.console, flush=True)
+            if self.jsonl is not None:
+                self.jsonl.write(json.dumps(record) + "\n")
+                self.jsonl.flush()
+
+
 class Relay:
     def __init__(self, upstream: str, faults: Faults, seed: int | None,
                  console: TextIO, jsonl: TextIO | None) -> None:
         self.upstream = upstream
         self.faults = faults
         self.random = random.Random(seed)
-        self.console, self.jsonl = console, jsonl
-        self.started = time.monotonic()
+        self.log = TraceLog(console, jsonl)
         self.numbers = itertools.count(1)
 
     def emit(self, stream: StreamTrace, record: dict[str, Any]) -> None:
-        record = {"time": time.time(), "elapsed_s": round(time.monotonic() - self.started, 6),
-                  "stream": stream.number, **record}
-        print(format_line(record), file=self.console, flush=True)
-        if self.jsonl is not None:
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+        self.log.write({"stream": stream.number, **record}, format_line)
 
     async def join(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """One client stream: open our own stream upstream and pump both ways until it ends."""
@@ -286,6 +309,9 @@ examples:
 
   # cut every stream after its 4th message
   fedproto-trace --listen 127.0.0.1:9093 --upstream 127.0.0.1:8080 --drop-after 4
+
+  # the Fleet API of a flower-superlink instead of Join: see fedproto-trace --fleet --help
+  fedproto-trace --fleet --listen 127.0.0.1:8001 --upstream 127.0.0.1:8000
 """
 
 
@@ -319,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--fleet" in argv:  # the Fleet API relay has its own flags (fedproto-trace --fleet --help)
+        from fedproto.kit import fleet_trace
+
+        return fleet_trace.main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     faults = Faults(args.delay_ms, args.drop_after, args.corrupt_rate)

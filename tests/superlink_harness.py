@@ -211,9 +211,10 @@ class Harness:
         time.sleep(down_seconds)
         return self.start_superlink()
 
-    def start_supernode(self, name: str, node_config: str = "") -> Process:
-        """flwr's own `flower-supernode`, running the ClientApp of the app being run."""
-        args = [str(VENV_BIN / "flower-supernode"), "--superlink", self.address,
+    def start_supernode(self, name: str, node_config: str = "", superlink: str | None = None) -> Process:
+        """flwr's own `flower-supernode`, running the ClientApp of the app being run; ``superlink``
+        replaces the SuperLink's address (e.g. a relay's)."""
+        args = [str(VENV_BIN / "flower-supernode"), "--superlink", superlink or self.address,
                 "--host", "127.0.0.1", "--port", str(free_port())]
         args += ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
         if node_config:
@@ -222,9 +223,10 @@ class Harness:
 
     def start_fedproto_node(self, name: str, app: str, env: dict[str, str] | None = None,
                             extra_args: list[str] | None = None,
-                            transport: str = "http") -> Process:
-        """Our node: `python -m fedproto.client --superlink ... --app MODULE:ATTR` (the CLI contract)."""
-        address = self.fleet_grpc_address if transport == "grpc-rere" else self.address
+                            transport: str = "http", superlink: str | None = None) -> Process:
+        """Our node: `python -m fedproto.client --superlink ... --app MODULE:ATTR` (the CLI contract);
+        ``superlink`` replaces the SuperLink's address (e.g. a relay's)."""
+        address = superlink or (self.fleet_grpc_address if transport == "grpc-rere" else self.address)
         args = [sys.executable, "-m", "fedproto.client", "--superlink", address, "--app", app]
         if transport != "http":
             args += ["--fleet-transport", transport]
@@ -235,6 +237,17 @@ class Harness:
             [str(EXAMPLE_APP), str(ROOT), os.environ.get("PYTHONPATH", "")]
         )
         return self.spawn(name, args, {"PYTHONPATH": pythonpath, **(env or {})})
+
+    def start_fleet_relay(self, name: str, *flags: str, transport: str = "http") -> tuple[str, Process]:
+        """`fedproto-trace --fleet` in front of the SuperLink's Fleet API; returns (its address, process)."""
+        listen = f"127.0.0.1:{free_port()}"
+        upstream = self.fleet_grpc_address if transport == "grpc-rere" else self.address
+        args = [sys.executable, "-m", "fedproto.kit.trace", "--fleet", "--listen", listen, "--upstream", upstream,
+                "--fleet-transport", transport, *flags]
+        relay = self.spawn(name, args)
+        if not wait_listening(int(listen.rpartition(":")[2]), 30, relay.popen):
+            raise RuntimeError(f"fedproto-trace --fleet does not listen on {listen}:\n{self.logs()}")
+        return listen, relay
 
     # --- runs --------------------------------------------------------------------------------
 
