@@ -30,7 +30,7 @@ Required: what a node must do to take part in a run of flower-superlink
                            dtypes, a MetricRecord with "num-examples" >= 1
   6  evaluate              message-API "evaluate" -> a MetricRecord with "num-examples" >= 1
   7  big_model             "train" with a model of more than one 5 MiB chunk, as 5
-  8  unservable            message type "fedproto.conformance.unknown" -> a reply with Message.error
+  8  unservable            message type "query.fedproto_conformance_unknown" -> a reply with Message.error
   9  pull_objects          every message: each object of its tree pulled, an unavailable one pulled again
  10  confirm_before_reply  every message: ConfirmMessageReceived(its id) after the pulls, before PushMessages
  11  reply_metadata        every reply: run, src = node, dst = sender, reply_to, group, type, created_at
@@ -131,7 +131,8 @@ DELIVERY_SLACK = 5.0  # seconds added to the announced interval when waiting for
 REREGISTER_SLACK = 10.0
 EXIT_GRACE = 10.0  # seconds a node has to exit after SIGTERM
 BIG_MODEL_ELEMENTS = 1_600_000  # float32: 6.4 MB of .npy, two 5 MiB chunks
-UNSERVABLE_TYPE = "fedproto.conformance.unknown"
+# A well-formed type ("<category>.<action>", as flwr validates it) that no handler serves.
+UNSERVABLE_TYPE = "query.fedproto_conformance_unknown"
 HTTP_BODY_LIMIT = MAX_MESSAGE_LENGTH  # the largest request body the runner reads
 SHOWN = 3  # problems shown in one row's detail
 
@@ -605,6 +606,15 @@ class NodeProcess:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
 
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it is still there after EXIT_GRACE."""
+        self.terminate()
+        try:
+            if self.popen is not None:
+                self.popen.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
@@ -619,11 +629,11 @@ def _model(*shapes: tuple[int, ...], dtype: Any = np.float32) -> list[np.ndarray
 
 
 def _array_record(arrays: list[np.ndarray], legacy: bool = False) -> objects.ArrayRecord:
+    """Keys "0", "1", ... as flwr's ``ArrayRecord(list of arrays)``; the legacy layout leaves dtype and shape empty."""
     record = objects.ArrayRecord()
     for index, array in enumerate(arrays):
-        record[str(index) if legacy else f"layer{index}"] = objects.Array.from_numpy(array)
-        if legacy:  # recorddict_compat leaves dtype and shape empty
-            record[str(index)] = objects.Array("", (), record[str(index)].stype, record[str(index)].data)
+        full = objects.Array.from_numpy(array)
+        record[str(index)] = objects.Array("", (), full.stype, full.data) if legacy else full
     return record
 
 
@@ -638,6 +648,7 @@ class Script:
     skipped: dict[str, str]
     rows: dict[str, Row] = field(default_factory=dict)
     leaving: bool = False  # the node is meant to exit now: do not start it again
+    gone: str = ""  # set when a node started by hand stopped calling: why the rest is not run
 
     # ---- bookkeeping
 
@@ -688,7 +699,9 @@ class Script:
                     self.record(step, False, "not run: the node never activated")
             return
         for step, run in self._message_steps():
-            if self.wanted(step):
+            if self.wanted(step) and self.gone:
+                self.record(step, False, f"not run: {self.gone}")
+            elif self.wanted(step):
                 run(step)
         self._cadence()
         if self.wanted("reregister"):
@@ -738,11 +751,34 @@ class Script:
                 if exchange in self.link.outbox:
                     self.link.outbox.remove(exchange)
             self.record(step, False, f"the node did not pull the message within {delivery:g} s")
+            self._recover(step, delivery)
             return None
         if not self.wait_for(lambda: exchange.done, self.timeout):
             self.record(step, False, f"no whole reply within {self.timeout:g} s ({exchange.progress()})")
+            self._recover(step, self.timeout)
             return None
         return exchange
+
+    def _recover(self, step: str, waited: float) -> None:
+        """After a message the node did not finish: go on with a node that works, if there is one.
+
+        A node the runner started is stopped and started afresh (a new key, registered again); a
+        node started by hand that made no call while the runner waited is given up.
+        """
+        if self.node is None:
+            with self.link.changed:
+                last_call = self.link.calls[-1].at if self.link.calls else 0.0
+            if time.monotonic() - last_call >= waited:
+                self.gone = f"the node stopped calling at step {number(step, STEPS)} ({step})"
+            return
+        log.warning("starting the node afresh after step %s", step)
+        self.leaving = True
+        self.node.stop()
+        self.leaving = False
+        old = self.link.node_id
+        self.node.start()
+        self.wait_for(lambda: self.link.node_id != old and any(
+            call.node_id == self.link.node_id for call in self.link.calls[-50:]), self.timeout)
 
     def reply_step(self, step: str, message_type: str, content: objects.RecordDict,
                    check: Callable[[objects.RecordDict], str], refusal_allowed: bool,
@@ -1083,7 +1119,7 @@ def check_train(sent: list[np.ndarray]) -> Callable[[objects.RecordDict], str]:
         if len(array_records) != 1:
             raise CheckFailed(f"{len(array_records)} ArrayRecords, expected 1 ({_records(content)})")
         name, record = array_records[0]
-        expected_keys = [f"layer{index}" for index in range(len(sent))]
+        expected_keys = [str(index) for index in range(len(sent))]
         if list(record) != expected_keys:
             raise CheckFailed(f"ArrayRecord {bound_text(name, 40)!r} keys {[bound_text(k, 20) for k in record]}, "
                               f"sent {expected_keys}")
@@ -1226,11 +1262,7 @@ def run(address: str, transport: str, node_command: list[str], timeout: float, r
         script.run()
     finally:
         if node is not None:
-            node.terminate()
-            try:
-                node.popen.wait(EXIT_GRACE)  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                node.kill()
+            node.stop()
         front.stop()
     return script.table()
 
