@@ -30,9 +30,12 @@ Fault injection (only when asked; otherwise no byte changes):
 - ``--corrupt-object ID|TYPE`` flips the last byte of the object as it crosses, so its sha256 no
   longer matches its id.
 - ``--answer-401-once RPC`` mimics a SuperLink that lost its database: the first such call from a
-  known node is answered HTTP 401 / UNAUTHENTICATED, and the relay makes the SuperLink forget the
-  node (DeactivateNode, UnregisterNode), signed with the headers of the intercepted call: a
-  signature covers only its timestamp, so it can be replayed for the 305 s the SuperLink accepts it.
+  known node is answered HTTP 401 / UNAUTHENTICATED, and the relay takes the node offline on the
+  SuperLink (DeactivateNode, signed with the intercepted call's own headers: a signature covers
+  only its timestamp, so anyone on the path can replay it for the 305 s the SuperLink accepts
+  it). A SuperLink never lets a key register twice (412, even after UnregisterNode), so the
+  relay answers the node's next RegisterNode itself, with the node's id, and forwards the
+  ActivateNode that brings it back online.
 - ``--cut-response RPC`` sends half the response body, then closes the connection (gRPC: the call
   ends UNAVAILABLE).
 - ``--fault-times N``: each object fault and ``--cut-response`` fires at most N times.
@@ -65,7 +68,13 @@ from google.protobuf.message import Message as ProtoMessage
 
 from fedproto.client.fleet import CallClock, CallLimits, SlicedSocket, Unreachable
 from fedproto.errors import FedprotoError
-from fedproto.fleet_pb2 import PullMessagesResponse, PushMessagesRequest, PushMessagesResponse
+from fedproto.fleet_pb2 import (
+    PullMessagesResponse,
+    PushMessagesRequest,
+    PushMessagesResponse,
+    RegisterNodeFleetRequest,
+    RegisterNodeFleetResponse,
+)
 from fedproto.kit.trace import TraceLog, format_values
 from fedproto.message_pb2 import ObjectTree, PullObjectResponse, PushObjectRequest, PushObjectResponse
 from fedproto.node import ID_TEXT, RPCS
@@ -98,6 +107,7 @@ FIRST_VALUES = 4  # values of an array shown
 LIST_ITEMS = 8  # items of a list value shown
 MAX_ARRAYS = 32  # arrays of one ArrayRecord shown
 MAX_CROSSING = 64  # messages whose objects are being collected at once; the oldest goes first
+MAX_KEYS = 10_000  # node keys remembered for --answer-401-once
 SHORT_ID = 12  # hex digits of an object or message id on a console line
 
 
@@ -119,6 +129,8 @@ class Faults:
     times: int | None = None  # each object fault and cut fires at most this often (None: always)
     fired: dict[str, int] = field(default_factory=dict)
     answered_401: bool = False
+    node_of_key: dict[bytes, int] = field(default_factory=dict)  # RegisterNode public key -> node id
+    forgotten: int | None = None  # the node answered 401, until it registers again
     lock: threading.Lock = field(default_factory=threading.Lock)  # calls arrive on many threads
 
     def fire(self, name: str, specs: frozenset[str], *keys: str) -> bool:
@@ -136,8 +148,23 @@ class Faults:
         with self.lock:
             if rpc != self.answer_401_once or not node_id or self.answered_401:
                 return False
-            self.answered_401 = True
+            self.answered_401, self.forgotten = True, node_id
             return True
+
+    def registered(self, public_key: bytes, node_id: int) -> None:
+        """Remember who registered, while --answer-401-once has not fired (bounded)."""
+        with self.lock:
+            if self.answer_401_once and not self.answered_401 and len(self.node_of_key) < MAX_KEYS:
+                self.node_of_key[public_key] = node_id
+
+    def take_reregistration(self, public_key: bytes) -> int | None:
+        """The id of the node answered 401, once, when it registers again with its key."""
+        with self.lock:
+            node_id = self.node_of_key.get(public_key)
+            if node_id is None or node_id != self.forgotten:
+                return None
+            self.forgotten = None
+            return node_id
 
 
 def corrupted(content: bytes) -> bytes:
@@ -291,7 +318,7 @@ class Call:
     record: dict[str, Any] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)
     answer: bytes | None = None  # the 200 body the relay gives instead of forwarding
-    answer_401: bool = False  # --answer-401-once fired: forget the node upstream, answer 401
+    answer_401: bool = False  # --answer-401-once fired: take the node offline upstream, answer 401
     cut: bool = False
 
 
@@ -336,8 +363,15 @@ class FleetTracer:
             call.faults.append(f"delayed {faults.delay_ms:g} ms")
         if faults.take_401(call.rpc, call.node_id):
             call.answer_401 = True
-            call.faults.append("answered 401: the SuperLink is made to forget the node")
+            call.faults.append("answered 401; the relay takes the node offline on the SuperLink")
             return
+        if isinstance(call.parsed, RegisterNodeFleetRequest):
+            node_id = faults.take_reregistration(call.parsed.public_key)
+            if node_id is not None:
+                call.node_id = node_id
+                call.answer = RegisterNodeFleetResponse(node_id=node_id).SerializeToString()
+                call.faults.append("answered by the relay with the node's own id (the SuperLink still holds its key)")
+                return
         if call.rpc == "PushObject" and isinstance(call.parsed, PushObjectRequest):
             oid, content = call.parsed.object_id, call.parsed.object_content
             kind = object_type(content)
@@ -402,6 +436,8 @@ class FleetTracer:
             record["heartbeat_interval"] = request.heartbeat_interval
         if call.node_id is None and response is not None and hasattr(response, "node_id"):
             call.node_id = record["node_id"] = response.node_id
+        if isinstance(request, RegisterNodeFleetRequest) and isinstance(response, RegisterNodeFleetResponse):
+            self.faults.registered(request.public_key, response.node_id)
         if hasattr(response, "success"):
             record["success"] = response.success  # type: ignore[union-attr]
         if call.rpc in ("GetRun", "GetFab") and request.DESCRIPTOR.fields_by_name.get("run_id"):
@@ -643,7 +679,7 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
         call = self.tracer.begin(RPC_BY_PATH.get(path), path, body)
         headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_BY_HOP}
         if call.answer_401:
-            self._forget_node(call, headers)
+            self._take_offline(call, headers)
             self._answer(401, "Unauthorized", [("Content-Type", "application/json")],
                          json.dumps({"code": 401, "message": "fedproto-trace --answer-401-once"}).encode(), call)
             return
@@ -696,19 +732,19 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         self.send_error(status)
 
-    def _forget_node(self, call: Call, headers: dict[str, str]) -> None:
-        """Make the SuperLink forget the node, signed with the intercepted call's own headers."""
+    def _take_offline(self, call: Call, headers: dict[str, str]) -> None:
+        """Take the node offline on the SuperLink, signed with the intercepted call's own headers."""
         signed = {key: value for key, value in headers.items() if key.lower() in SIGNATURE_HEADERS}
         signed["Content-Type"] = "application/protobuf"
-        for rpc in ("DeactivateNode", "UnregisterNode"):
-            request = RPCS[rpc].request_type(node_id=call.node_id).SerializeToString()
-            forged = self.tracer.begin(rpc, RPCS[rpc].http_path, request, forged=True)
-            try:
-                response = self.upstream.call("POST", RPCS[rpc].http_path, signed, request)
-                self.tracer.end(forged, response.status, response.body)
-            except (OSError, http.client.HTTPException, Unreachable) as error:
-                self.tracer.end(forged, "no answer", b"")
-                self.tracer.event(f"{rpc}: {type(error).__name__}: {error}", call.node_id)
+        rpc = RPCS["DeactivateNode"]
+        request = rpc.request_type(node_id=call.node_id).SerializeToString()
+        forged = self.tracer.begin("DeactivateNode", rpc.http_path, request, forged=True)
+        try:
+            response = self.upstream.call("POST", rpc.http_path, signed, request)
+            self.tracer.end(forged, response.status, response.body)
+        except (OSError, http.client.HTTPException, Unreachable) as error:
+            self.tracer.end(forged, "no answer", b"")
+            self.tracer.event(f"DeactivateNode: {type(error).__name__}: {error}", call.node_id)
 
 
 def serve_http(listen: str, tracer: FleetTracer, upstream: str, upstream_tls: ssl.SSLContext | None,
@@ -736,16 +772,15 @@ def fleet_grpc_handler(tracer: FleetTracer, channel: grpc.Channel) -> grpc.Gener
             metadata = [(key, value) for key, value in context.invocation_metadata()
                         if not key.startswith((":", "grpc-")) and key != "user-agent"]
             timeout = CALL_LIMITS.floor + (len(request) + tracer.max_message_length) / CALL_LIMITS.min_rate
-            if call.answer_401:
-                for forget in ("DeactivateNode", "UnregisterNode"):
-                    forged_request = RPCS[forget].request_type(node_id=call.node_id).SerializeToString()
-                    forged = tracer.begin(forget, RPCS[forget].grpc_method, forged_request, forged=True)
-                    try:
-                        channel.unary_unary(RPCS[forget].grpc_method)(forged_request, metadata=metadata,
-                                                                       timeout=timeout)
-                        tracer.end(forged, "OK", b"")
-                    except grpc.RpcError as error:
-                        tracer.end(forged, error.code().name, b"")
+            if call.answer_401:  # take the node offline, signed with the call's own metadata
+                deactivate = RPCS["DeactivateNode"]
+                forged_request = deactivate.request_type(node_id=call.node_id).SerializeToString()
+                forged = tracer.begin("DeactivateNode", deactivate.grpc_method, forged_request, forged=True)
+                try:
+                    channel.unary_unary(deactivate.grpc_method)(forged_request, metadata=metadata, timeout=timeout)
+                    tracer.end(forged, "OK", b"")
+                except grpc.RpcError as error:
+                    tracer.end(forged, error.code().name, b"")
                 tracer.end(call, "UNAUTHENTICATED", b"")
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "fedproto-trace --answer-401-once")
             if call.answer is not None:
@@ -852,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--corrupt-object", action="append", default=[], metavar="ID|TYPE",
                         help="flip the last byte of this object as it crosses (repeatable)")
     faults.add_argument("--answer-401-once", type=_rpc_name, metavar="RPC",
-                        help="answer the first call of RPC from a known node 401 and make the SuperLink forget it")
+                        help="answer the first call of RPC from a known node 401, as a SuperLink that lost its database")
     faults.add_argument("--cut-response", type=_rpc_name, action="append", default=[], metavar="RPC",
                         help="send half of this RPC's response, then close (repeatable)")
     faults.add_argument("--fault-times", type=int, metavar="N",

@@ -93,3 +93,103 @@ def test_run_through_the_relay_same_model_every_rpc_and_message_decoded(superlin
     assert dumped and all(len(p.name) == 64 for p in dumped)
     assert all(__import__("hashlib").sha256(p.read_bytes()).hexdigest() == p.name for p in dumped)
     relay_proc.stop()
+
+
+def one_node_run(harness: Harness, tmp_path, name: str) -> list[np.ndarray]:
+    """One round with our node 0 alone; the final model is asserted."""
+    _, arrays = run(harness, tmp_path, name, strategy="message", **{"num-rounds": 1, "min-nodes": 1})
+    assert_arrays_equal(arrays, expected_fedavg([[0]]))
+    return arrays
+
+
+def test_answer_401_once_node_registers_again_and_the_run_completes(superlink_harness, tmp_path):
+    harness = superlink_harness()
+    harness.start_superlink()
+    jsonl = tmp_path / "fleet.jsonl"
+    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--answer-401-once", "PullMessages")
+    node = our_node(harness, 0, relay)
+    wait_until(lambda: len(calls(jsonl, "ActivateNode")) == 2, "the node to activate again", harness)
+    [refused] = [c for c in calls(jsonl, "PullMessages") if c["status"] == 401]
+    assert "answered 401" in refused["fault"]
+    # The relay took the node offline with the intercepted call's own signature ...
+    [forged] = [c for c in calls(jsonl) if c.get("by")]
+    assert (forged["rpc"], forged["status"], forged["node_id"]) == ("DeactivateNode", 200, refused["node_id"])
+    # ... the node waited its backoff (1 s, fedproto/node.py REREGISTER_FIRST) and registered again,
+    # answered by the relay with its id, since the SuperLink never lets a key register twice.
+    registered = calls(jsonl, "RegisterNode")
+    assert [c["node_id"] for c in registered] == [refused["node_id"]] * 2
+    assert "answered by the relay" in registered[1]["fault"]
+    assert registered[1]["elapsed_s"] - refused["elapsed_s"] >= 1.0
+    assert [c["status"] for c in calls(jsonl, "ActivateNode")] == [200, 200]
+    assert "registering again in 1 s" in node.log()
+    one_node_run(harness, tmp_path, "after_401")
+    assert stop_node(harness, node) == 0
+
+
+def test_corrupted_object_is_refused_by_the_node_and_logged(superlink_harness, tmp_path):
+    harness = superlink_harness()
+    harness.start_superlink()
+    jsonl = tmp_path / "fleet.jsonl"
+    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--corrupt-object", "ArrayChunk",
+                                         "--fault-times", "1")
+    node = our_node(harness, 0, relay)
+    harness.start_run("corrupted", run_config={"min-nodes": 1, "num-rounds": 1, "poll-interval": 0.2})
+    assert node.wait(60) == 1, harness.logs()
+    [corrupted] = [c for c in calls(jsonl, "PullObject") if "fault" in c]
+    assert corrupted["object_type"] == "ArrayChunk" and "corrupted ArrayChunk" in corrupted["fault"]
+    assert corrupted["object_error"].startswith("content hashes to ")
+    assert "PullObject: object" in node.log() and "content hashes to" in node.log()
+
+
+def test_delayed_call_cut_response_and_bounded_message_memory(superlink_harness, tmp_path):
+    """PushObject held 300 ms; the first PullObject answer cut in half (the node retries it);
+    --max-message-length 1000: messages of more object bytes are not kept, the rest are shown."""
+    harness = superlink_harness()
+    harness.start_superlink()
+    jsonl = tmp_path / "fleet.jsonl"
+    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--delay-ms", "300",
+                                         "--delay-rpc", "PushObject", "--cut-response", "PullObject",
+                                         "--fault-times", "1", "--max-message-length", "1000")
+    node = our_node(harness, 0, relay)
+    one_node_run(harness, tmp_path, "disturbed")
+    assert stop_node(harness, node) == 0
+
+    pushed = calls(jsonl, "PushObject")
+    assert pushed and all(c["fault"] == "delayed 300 ms" for c in pushed)
+    assert all(b["elapsed_s"] - a["elapsed_s"] >= 0.3 for a, b in zip(pushed, pushed[1:]))
+    pulled = calls(jsonl, "PullObject")
+    [cut] = [c for c in pulled if "cut" in c.get("fault", "")]
+    assert [c["object_id"] for c in pulled].count(cut["object_id"]) == 2  # asked again after the cut
+    assert "cut off after" in node.log()
+    events = [r["event"] for r in records(jsonl) if r["kind"] == "event"]
+    over = [e for e in events if "exceed --max-message-length (1000 B)" in e]
+    shown = messages(jsonl)
+    # The messages that carry the model (both instructions, the train reply) are over 1000 bytes.
+    assert len(over) == 3 and all(m["object_bytes"] <= 1000 for m in shown)
+    assert [(m["direction"], m["message_type"]) for m in shown] == [("N->SL", "evaluate")]
+
+
+def test_grpc_rere_run_through_the_relay(superlink_harness, tmp_path):
+    harness = superlink_harness(grpc_fleet=True)
+    harness.start_superlink()
+    jsonl = tmp_path / "fleet.jsonl"
+    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), transport="grpc-rere")
+    node = our_node(harness, 0, relay, transport="grpc-rere")
+    one_node_run(harness, tmp_path, "grpc")
+    assert stop_node(harness, node) == 0
+    assert {c["status"] for c in calls(jsonl)} == {"OK"}
+    assert {"RegisterNode", "PullObject", "PushObject", "UnregisterNode"} <= {c["rpc"] for c in calls(jsonl)}
+    assert sorted(m["message_type"] for m in messages(jsonl)) == ["evaluate", "evaluate", "train", "train"]
+
+
+def test_tls_on_both_sides(superlink_harness, tls_files, tmp_path):
+    harness = superlink_harness(tls=tls_files)
+    harness.start_superlink()
+    jsonl = tmp_path / "fleet.jsonl"
+    relay, _ = harness.start_fleet_relay(
+        "relay", "--jsonl", str(jsonl), "--root-certificates", str(tls_files.ca),
+        "--certificates", str(tls_files.ca), str(tls_files.cert), str(tls_files.key))
+    node = our_node(harness, 0, relay)  # the harness gives it --root-certificates
+    one_node_run(harness, tmp_path, "tls")
+    assert stop_node(harness, node) == 0
+    assert len(messages(jsonl)) == 4 and {c["status"] for c in calls(jsonl)} == {200}
