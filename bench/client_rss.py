@@ -107,6 +107,12 @@ class MeasuredProcess:
                                        self.log_path)
         return self.result
 
+    def measured(self) -> Measured:
+        """The result of a process :meth:`poll` has seen exit."""
+        if self.result is None:
+            raise RuntimeError(f"{self.name} has not exited")
+        return self.result
+
     def _peak_kib(self, rusage) -> int:
         if self.time_path.exists():
             match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", self.time_path.read_text())
@@ -193,7 +199,7 @@ def run(rounds: int, side: int, workdir: Path, timeout: float) -> list[Measured]
         if server.poll() is None:
             server.kill()
             server.wait()
-    results = [c.poll() for c in clients]
+    results = [c.measured() for c in clients]  # every one exited: the loop above waited for it
     _check_run(results, server.returncode, history_path, record_dir, rounds, side, workdir)
     return results
 

@@ -11,8 +11,8 @@ For each payload size, one float32 tensor of that many bytes is
   negligible from 1 MB up); flwr's is ``ndarrays_to_parameters`` -> ``serde.fit_res_to_proto``
   -> ``ClientMessage(fit_res=...).SerializeToString()``;
 - decoded: wire bytes -> ndarrays. Ours is the server's path, ``server_role.decode_fit_res_bytes``
-  (header checks, then read-only views of the tensors in the received bytes: no copy); flwr's is ``ClientMessage.FromString`` -> ``serde.fit_res_from_proto``
-  -> ``parameters_to_ndarrays``;
+  (header checks, then read-only views of the tensors in the received bytes: no copy); flwr's is
+  ``ClientMessage.FromString`` -> ``serde.fit_res_from_proto`` -> ``parameters_to_ndarrays``;
 - copied with ``numpy.ndarray.copy`` (allocation included), the memcpy reference measured in
   the same run.
 
@@ -25,6 +25,7 @@ min-max. Before timing, both decoders must read both encoders' bytes back to the
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import statistics
@@ -113,7 +114,7 @@ def measure_size(label: str, repeats: int) -> dict:
     timings = {
         "memcpy": {"numpy copy": time_per_call(tensor.copy, repeats)},
         "encode": {name: time_per_call(encode, repeats) for name, encode in encoders.items()},
-        "decode": {name: time_per_call(lambda d=decode, w=wires[name]: d(w), repeats)
+        "decode": {name: time_per_call(functools.partial(decode, wires[name]), repeats)
                    for name, decode in decoders.items()},
     }
     return {"size": label, "payload_bytes": payload, "wire_bytes": {k: len(v) for k, v in wires.items()},

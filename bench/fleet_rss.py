@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -55,8 +56,9 @@ from fedproto.bench.loadgen import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples" / "superlink_app")]
-from superlink_app.arithmetic import expected_fedavg  # noqa: E402
-from superlink_harness import Harness, Process  # noqa: E402
+# mypy checks the package alone: these two live outside it, found through the sys.path above.
+from superlink_app.arithmetic import expected_fedavg  # type: ignore[import-not-found]  # noqa: E402
+from superlink_harness import Harness, Process  # type: ignore[import-not-found]  # noqa: E402
 
 log = logging.getLogger("fedproto.bench.fleet_rss")
 
@@ -133,8 +135,8 @@ class NodeMemory:
         self.most_clientapps_at_once = max(self.most_clientapps_at_once, clientapps)
 
     def result(self) -> dict:
-        processes = [{"pid": pid, "role": role, "peak_kib": peak}
-                     for (pid, role), peak in sorted(self.peaks.items())]
+        processes: list[dict[str, Any]] = [{"pid": pid, "role": role, "peak_kib": peak}
+                                           for (pid, role), peak in sorted(self.peaks.items())]
         by_role: dict[str, list[int]] = {}
         for entry in processes:
             by_role.setdefault(entry["role"], []).append(entry["peak_kib"])

@@ -105,7 +105,9 @@ async def _serve_one(channel: grpc.aio.Channel, stats: Stats, deadline: float) -
             call.cancel()
             # A task cancelled inside call.read() may see the call's CANCELLED status instead
             # of CancelledError: retrying then would outlive the cancellation, forever.
-            if asyncio.current_task().cancelling():
+            this_task = asyncio.current_task()
+            assert this_task is not None  # this coroutine runs as a task
+            if this_task.cancelling():
                 raise asyncio.CancelledError from None
             stats.stream_errors[_describe(error)] += 1
             failures += 1
@@ -151,9 +153,9 @@ async def _run_clients(server: str, clients: int, streams_per_channel: int, dead
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
             # A ProtocolError or a bug: count it by name rather than losing it.
-            stats.stream_errors[_describe(task.exception())] += 1
+            stats.stream_errors[_describe(error)] += 1
     await asyncio.gather(*(channel.close() for channel in channels))
     return stats
 

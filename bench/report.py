@@ -71,7 +71,8 @@ def codec_section(result: dict) -> str:
         "GB/s of payload: median of the repeats (min-max). *ours speed / flwr* above 1 means ours is faster. "
         "Encode: ndarrays -> wire bytes (ours: the edge client's `ClientSession.receive_bytes`; flwr: "
         "`ndarrays_to_parameters` + `serde.fit_res_to_proto`). Decode: wire bytes -> ndarrays (ours: "
-        "`server_role.decode_fit_res_bytes`, read-only views of the tensors in the wire bytes; flwr: `serde.fit_res_from_proto` + `parameters_to_ndarrays`). "
+        "`server_role.decode_fit_res_bytes`, read-only views of the tensors in the wire bytes; flwr: "
+        "`serde.fit_res_from_proto` + `parameters_to_ndarrays`). "
         "memcpy: `numpy.ndarray.copy` of the same bytes, same run.",
         "",
         codec.format_table(result),
@@ -162,7 +163,8 @@ SECTIONS = {"codec": codec_section, "client": client_section, "rounds": rounds_s
 def summary(results: dict[str, dict]) -> str:
     """summary.md: one section per benchmark found, each with the machine it ran on."""
     parts = ["# `make bench` results", "",
-             "Written by `python -m fedproto.bench.run`; raw numbers with every repeat in the JSON files next to this one.",
+             "Written by `python -m fedproto.bench.run`; raw numbers with every repeat in the JSON files "
+             "next to this one.",
              "Ratios are flwr / ours (above 1: ours is faster or smaller), except where a column says otherwise."]
     for name, section in SECTIONS.items():
         if name in results:

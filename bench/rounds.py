@@ -51,7 +51,8 @@ class RunFailed(RuntimeError):
 
 def client_argv(server: str, address: str) -> list[str]:
     if server == "ours":
-        return [sys.executable, "-m", "fedproto.client", "--server", address, "--app", "fedproto.bench.client_rss:BenchHandler"]
+        return [sys.executable, "-m", "fedproto.client", "--server", address,
+                "--app", "fedproto.bench.client_rss:BenchHandler"]
     return [sys.executable, "-m", "fedproto.bench.client_rss", "--serve-flwr-client", address]
 
 
@@ -103,7 +104,7 @@ def run_one(server: str, side: int, rounds: int, timeout: float, workdir: Path) 
             "round_seconds": seconds, "seconds_per_round": sum(seconds) / len(seconds),
             "server_peak_rss_mb": server_peak_kib / 1024,
             "server_cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "client_peak_rss_mb": [client.poll().peak_rss_kib / 1024 for client in clients],
+            "client_peak_rss_mb": [client.measured().peak_rss_kib / 1024 for client in clients],
             "wall_seconds": time.monotonic() - started}
 
 
@@ -138,7 +139,8 @@ def format_table(result: dict) -> str:
              "| flwr server peak RSS MB | flwr / ours RSS |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for label in dict.fromkeys(run["label"] for run in result["runs"]):
-        values = {(server, key): [run[key] for run in result["runs"] if run["label"] == label and run["server"] == server]
+        values = {(server, key): [run[key] for run in result["runs"]
+                                  if run["label"] == label and run["server"] == server]
                   for server in SERVERS for key in ("seconds_per_round", "server_peak_rss_mb")}
         time_ours, time_flwr = values["ours", "seconds_per_round"], values["flwr", "seconds_per_round"]
         rss_ours, rss_flwr = values["ours", "server_peak_rss_mb"], values["flwr", "server_peak_rss_mb"]

@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -131,7 +132,7 @@ def _wait_listening(port: int, pid: int, deadline: float) -> bool:
     return False
 
 
-def _wait_or_kill(pid: int, deadline: float) -> tuple[int | None, os.struct_rusage, int]:
+def _wait_or_kill(pid: int, deadline: float) -> tuple[int | None, resource.struct_rusage, int]:
     """(exit status or None if killed at the deadline, resource usage, peak RSS in KiB)."""
     peak_kib = 0
     while time.monotonic() < deadline:
@@ -194,8 +195,9 @@ def format_table(runs: list[Run]) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in sorted({run.clients for run in runs}):
         ours, flwr = by_key.get(("ours", clients)), by_key.get(("flwr", clients))
-        ratio = (f"{flwr.seconds_per_round / ours.seconds_per_round:.1f}x"
-                 if ours and flwr and ours.completed and flwr.completed else "—")
+        ratio = (f"{flwr.seconds_per_round / ours.seconds_per_round:.1f}x"  # a mean is set iff completed
+                 if ours and flwr and ours.seconds_per_round is not None and flwr.seconds_per_round is not None
+                 else "—")
         lines.append(f"| {clients} | {_cell(ours)} | {_cell(flwr)} | {ratio} | "
                      f"{_rss(ours)} | {_rss(flwr)} | {_cpu(ours)} | {_cpu(flwr)} |")
     return "\n".join(lines)

@@ -5,11 +5,11 @@
 
 Both use FedAvg with fraction 1.0 and min fit/evaluate/available clients = N, starting from
 the same model of zeros: a 1,000-parameter float32 vector, or with ``--side S`` one S x S float32
-tensor (the model of ``bench.client_rss`` and ``bench.rounds``). The strategy is wrapped so that each server times its own
-rounds the same way: a round starts when ``configure_fit`` returns (the N clients are
-connected and sampled) and ends when ``aggregate_evaluate`` returns (fit and evaluate of all
-N done and aggregated). Connecting the clients is timed separately and is not part of a round.
-The report is written when the server returns, so a run that never finishes leaves none.
+tensor (the model of ``bench.client_rss`` and ``bench.rounds``). The strategy is wrapped so that
+each server times its own rounds the same way: a round starts when ``configure_fit`` returns
+(the N clients are connected and sampled) and ends when ``aggregate_evaluate`` returns (fit and
+evaluate of all N done and aggregated). Connecting the clients is timed separately and is not
+part of a round. The report is written when the server returns, so a run that never finishes leaves none.
 """
 
 from __future__ import annotations

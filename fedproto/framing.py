@@ -30,8 +30,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from google.protobuf.message import Message as ProtoMessage
+
 from fedproto.errors import FedprotoError
-from fedproto.tensor_formats import EncodedTensors
+from fedproto.tensor_formats import EncodedTensors, Pieces
 from fedproto.transport_pb2 import ClientMessage, Parameters, ServerMessage
 
 LENGTH_DELIMITED = 2
@@ -39,12 +41,12 @@ WIRE_TYPES = (0, 1, 2, 5)  # varint, 64-bit, length-delimited, 32-bit (3 and 4, 
 TENSORS_FIELD = Parameters.DESCRIPTOR.fields_by_name["tensors"].number
 
 
-def _tag(message: object) -> bytes:
+def _tag(message: ProtoMessage) -> bytes:
     """The tag of the one length-delimited field set to empty in ``message``, as protobuf writes it."""
     return message.SerializeToString()[:-1]  # the last byte is the field's length, 0
 
 
-def _carriers(outer: type, names: tuple[str, ...]) -> dict[str, tuple[bytes, bytes, int]]:
+def _carriers(outer: type[ProtoMessage], names: tuple[str, ...]) -> dict[str, tuple[bytes, bytes, int]]:
     """oneof name -> (its tag in ``outer``, the parameters tag in its body, the parameters field number)."""
     table = {}
     for name in names:
@@ -83,7 +85,7 @@ def frame(message: ClientMessage | ServerMessage, tensors: EncodedTensors) -> by
     body.parameters.tensor_type = tensors.tensor_type
     small = body.SerializeToString()  # protobuf writes every field but the tensors
     [parameters] = [f for f in fields(small, 0, len(small)) if f.number == parameters_number]
-    tensor_fields: list = []
+    tensor_fields: Pieces = []
     for pieces in tensors.tensors:
         size = sum(memoryview(piece).nbytes for piece in pieces)
         tensor_fields += [TENSOR_TAG, varint(size), *pieces]
@@ -145,7 +147,7 @@ def fields(data: bytes | memoryview, start: int, end: int) -> Iterator[Field]:
         position = value_end
 
 
-def split_tensors(data: bytes, outer: type) -> tuple[bytes, list[memoryview]] | None:
+def split_tensors(data: bytes, outer: type[ProtoMessage]) -> tuple[bytes, list[memoryview]] | None:
     """(the message without its tensors, the tensors as views of ``data``), or None.
 
     None: not one of the Parameters-carrying kinds of ``outer`` (ServerMessage or ClientMessage)

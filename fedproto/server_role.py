@@ -48,21 +48,22 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError
 
+from fedproto import framing
 from fedproto.codec import (
+    TENSOR_TYPE,
     CodecError,
     ScalarValue,
     all_finite,
-    TENSOR_TYPE,
     parameters_to_ndarrays,
     scalars_from_proto,
     scalars_to_proto,
 )
-from fedproto import framing
 from fedproto.errors import FedprotoError
 from fedproto.tensor_formats import decode_tensors as decode_tensor_list
 from fedproto.tensor_formats import encode_tensors
@@ -149,7 +150,7 @@ class ReplyError(FedprotoError):
         self.reason = reason
 
 
-def enum_name(enum_type: Any, value: int) -> str:
+def enum_name(enum_type: EnumTypeWrapper, value: int) -> str:
     """``Code.Name(value)``, or e.g. "unknown code 42": proto3 keeps enum values it does not know."""
     if value in enum_type.values():
         return enum_type.Name(value)
@@ -266,7 +267,8 @@ def decode_scalars(values: Any, field: str) -> dict[str, ScalarValue]:
 
 def decode_metrics(values: Any, field: str) -> dict[str, ScalarValue]:
     """A reply's metrics or properties, capped at ``MAX_METRICS`` entries, text bounded (invariant 4)."""
-    return bound_metrics(decode_scalars(values, field))
+    # bound_metrics keeps each value's type (a str stays a str, only shorter): still ScalarValues
+    return cast(dict[str, ScalarValue], bound_metrics(decode_scalars(values, field)))
 
 
 def check_num_examples(num_examples: int, res_name: str) -> int:
@@ -386,4 +388,5 @@ def decode_evaluate_res(reply: ClientMessage) -> EvaluateRes:
 
 def decode_disconnect_res(reply: ClientMessage) -> int:
     """The DisconnectRes reason (``Reason.ACK``, ``Reason.RECONNECT``...); it has no status."""
-    return reply_of_kind(reply, "disconnect_res").reason
+    reason: int = reply_of_kind(reply, "disconnect_res").reason
+    return reason

@@ -15,7 +15,7 @@ log = logging.getLogger("har")
 
 DEFAULTS = Settings()
 
-EPILOG = f"""\
+EPILOG = """\
 what it does:
   1. data: reads MotionSense's DeviceMotion recordings (--data), or, by default, generates a
      deterministic SYNTHETIC dataset in exactly that layout under OUT/synthetic-motionsense

@@ -97,7 +97,8 @@ def read_partition(path: Path) -> tuple[tuple[np.ndarray, ...], int]:
         with np.load(path, allow_pickle=False) as data:
             return tuple(data[name] for name in PARTITION_ARRAYS), int(data["partition"])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(f"HAR_PARTITION_FILE={path}: not a partition file written by python -m fedproto.har ({error})") from None
+        raise ValueError(f"HAR_PARTITION_FILE={path}: not a partition file written by python -m fedproto.har "
+                         f"({error})") from None
 
 
 def write_partition(path: Path, partition: int, x_train, y_train, x_test, y_test) -> None:

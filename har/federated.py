@@ -289,8 +289,8 @@ def run_on_superlink(prepared: Prepared, settings: Settings, start: list[np.ndar
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{address}"\ninsecure = true\n')
     job_file = (work / "job.npz").resolve()
-    np.savez(job_file, **{f"start_{i}": w for i, w in enumerate(start)}, start_count=np.int64(len(start)), x_test=prepared.test.x, y_test=prepared.test.label,
-             settings=np.array(json.dumps(settings.as_dict())))
+    np.savez(job_file, **{f"start_{i}": w for i, w in enumerate(start)}, start_count=np.int64(len(start)),
+             x_test=prepared.test.x, y_test=prepared.test.label, settings=np.array(json.dumps(settings.as_dict())))
     (work / "outcome.json").unlink(missing_ok=True)
     run_config = work / "run_config.toml"
     run_config.write_text(f'"job-file" = {json.dumps(str(job_file))}\n')

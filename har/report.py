@@ -96,7 +96,8 @@ def plot_accuracy(outcomes: list[FederatedOutcome], centralized: Scores, local: 
     markers, colors = ["o", "s", "^"], ["tab:blue", "tab:orange", "tab:purple"]  # green and red: baselines
     for index, federated in enumerate(outcomes):  # same job, so identical curves overlap: offset the markers
         axes.plot([r.round for r in federated.rounds], [r.scores.accuracy for r in federated.rounds],
-                  marker=markers[index % len(markers)], color=colors[index % len(colors)], markersize=7 - 2 * index, linewidth=2.2 - 0.6 * index,
+                  marker=markers[index % len(markers)], color=colors[index % len(colors)],
+                  markersize=7 - 2 * index, linewidth=2.2 - 0.6 * index,
                   label=f"federated, FedAvg ({federated.server} server, {len(local)} clients)")
     axes.axhline(centralized.accuracy, color="tab:green", linestyle="--",
                  label=f"centralized ({centralized.accuracy:.3f})")

@@ -16,7 +16,6 @@ serialized descriptors are untouched (tests/test_contract.py, tests/test_fleet_c
 """
 
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path

@@ -13,16 +13,16 @@
 - ``server.cli``: the ``fedproto-server`` command.
 """
 
-from fedproto.server_role import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
 from fedproto.server.app import run_server
 from fedproto.server.client_manager import ClientManager
 from fedproto.server.history import History, RoundRecord
 from fedproto.server.loop import ClientsUnavailable, ServerResult
 from fedproto.server.strategy import FedAdam, FedAvg, FedProx, Strategy
 from fedproto.server.transport import BindError
+from fedproto.server_role import EvaluateIns, EvaluateRes, Failure, FailureKind, FitIns, FitRes
 
 __all__ = [
     "BindError", "ClientManager", "ClientsUnavailable", "EvaluateIns", "EvaluateRes", "Failure",
-    "FailureKind", "FedAdam", "FedAvg", "FedProx", "FitIns", "FitRes", "History", "RoundRecord", "ServerResult", "Strategy",
-    "run_server",
+    "FailureKind", "FedAdam", "FedAvg", "FedProx", "FitIns", "FitRes", "History", "RoundRecord", "ServerResult",
+    "Strategy", "run_server",
 ]

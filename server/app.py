@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 from fedproto import tensor_formats
-from fedproto.wire import MAX_MESSAGE_LENGTH
 from fedproto.server.client_manager import ClientManager
 from fedproto.server.loop import LoopConfig, ServerResult, disconnect_all, run_rounds
 from fedproto.server.strategy import FedAvg, Strategy
 from fedproto.server.transport import create_server
+from fedproto.wire import MAX_MESSAGE_LENGTH
 
 log = logging.getLogger("fedproto.server")
 

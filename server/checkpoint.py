@@ -20,12 +20,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedproto.errors import FedprotoError
-from fedproto.server_role import NDArrays
 from fedproto.server.history import History
+from fedproto.server_role import NDArrays
 
 log = logging.getLogger("fedproto.server")
 
@@ -77,9 +78,10 @@ def save(
     save_npz(keep[0], parameters)
     if strategy_state:
         keep.append(strategy_file(directory, server_round))
-        # One archive entry per array: "m_t.0", "m_t.1", ... keeps each list in order.
-        arrays = {f"{name}.{index}": array for name, values in strategy_state.items()
-                  for index, array in enumerate(values)}
+        # One archive entry per array: "m_t.0", "m_t.1", ... keeps each list in order. Values typed Any:
+        # mypy would match a ** dict of arrays against savez's keyword allow_pickle: bool as well.
+        arrays: dict[str, Any] = {f"{name}.{index}": array for name, values in strategy_state.items()
+                                  for index, array in enumerate(values)}
         write_atomically(keep[1], lambda file: np.savez(file, **arrays))
     history_text = history.to_json()
     write_atomically(directory / HISTORY_FILE, lambda file: file.write(history_text.encode()))

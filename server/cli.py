@@ -6,15 +6,17 @@ import argparse
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from fedproto import tensor_formats
-from fedproto.wire import MAX_MESSAGE_LENGTH
 from fedproto.server.app import run_server
 from fedproto.server.checkpoint import CheckpointError, load_npz
 from fedproto.server.loop import ClientsUnavailable
 from fedproto.server.strategy import FedAdam, FedAvg, FedProx, weighted_metrics_average
 from fedproto.server.transport import BindError
+from fedproto.wire import MAX_MESSAGE_LENGTH
 
 EXIT_OK = 0
 EXIT_CHECKPOINT = 1  # the checkpoint directory or --initial-parameters file is unreadable
@@ -166,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--strategy fedprox needs --proximal-mu")
     if args.strategy == "fedadam" and args.initial_parameters is None:
         parser.error("--strategy fedadam needs --initial-parameters (its first step starts from them)")
+    make_strategy: Callable[..., FedAvg]
     if args.strategy == "fedprox":
         make_strategy = functools.partial(FedProx, proximal_mu=args.proximal_mu)
-    elif args.strategy == "fedadam":
-        make_strategy = functools.partial(FedAdam, eta=args.server_learning_rate)
+    elif args.strategy == "fedadam":  # cast: mypy cannot see that initial is not None here (checked above)
+        make_strategy = cast(Callable[..., FedAvg], functools.partial(FedAdam, eta=args.server_learning_rate))
     else:
         make_strategy = FedAvg
     try:

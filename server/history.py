@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fedproto.codec import ScalarValue
-from fedproto.text import BYTES_LIMIT, bound_metrics, bound_text
 from fedproto.server_role import Failure, FailureKind, Metrics
+from fedproto.text import BYTES_LIMIT, bound_metrics, bound_text
 
 Losses = list[tuple[int, float]]
 MetricsHistory = dict[str, list[tuple[int, ScalarValue]]]
@@ -114,8 +114,8 @@ class History:
 
 
 def _add_metrics(target: MetricsHistory, server_round: int, metrics: Metrics) -> None:
-    for name, value in bound_metrics(metrics).items():
-        target.setdefault(name, []).append((server_round, value))
+    for name, value in bound_metrics(metrics).items():  # each value keeps its type: a ScalarValue
+        target.setdefault(name, []).append((server_round, cast(ScalarValue, value)))
 
 
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -148,7 +148,7 @@ def _losses_to_json(losses: Losses) -> list[Any]:
 
 
 def _losses_from_json(data: list[Any]) -> Losses:
-    return [(r, _value_from_json(loss)) for r, loss in data]
+    return [(r, cast(float, _value_from_json(loss))) for r, loss in data]  # _losses_to_json wrote floats
 
 
 def _metrics_to_json(metrics: MetricsHistory) -> dict[str, list[Any]]:

@@ -38,12 +38,17 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fedproto.codec import TENSOR_TYPE
+from fedproto.server import checkpoint
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.history import History, RoundRecord
+from fedproto.server.strategy import Strategy
+from fedproto.server.transport import ClientProxy
 from fedproto.server_role import (
     EvaluateIns,
     Failure,
@@ -61,11 +66,6 @@ from fedproto.server_role import (
     reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage
-from fedproto.server import checkpoint
-from fedproto.server.client_manager import ClientManager
-from fedproto.server.history import History, RoundRecord
-from fedproto.server.strategy import Strategy
-from fedproto.server.transport import ClientProxy
 
 log = logging.getLogger("fedproto.server")
 
@@ -182,7 +182,7 @@ async def _save_round(config: LoopConfig, server_round: int, parameters: NDArray
 async def disconnect_all(clients: ClientManager) -> None:
     """Send ReconnectIns(seconds=0) to every connected client: "we are done, do not come back"."""
     message = encode_reconnect_ins(0)
-    connected = list(clients.all().values())
+    connected = cast(list[ClientProxy], list(clients.all().values()))  # the transport registers ClientProxy
     replies = await asyncio.gather(
         *(client.request(message, DISCONNECT_TIMEOUT_SECONDS, last=True) for client in connected),
         return_exceptions=True,
@@ -206,9 +206,9 @@ async def _run_round(
     asked: set[str] = set()  # ids of the clients sent an instruction this round
 
     await _wait_for_clients(strategy, clients, config.wait_timeout)
-    instructions = strategy.configure_fit(server_round, parameters, clients)
-    asked.update(client.cid for client, _ in instructions)
-    if instructions:
+    fit_instructions = strategy.configure_fit(server_round, parameters, clients)
+    asked.update(client.cid for client, _ in fit_instructions)
+    if fit_instructions:
         model = parameters  # the model every FitRes of this round answers
         fit = strategy.begin_fit(server_round, model)
         exchange = Exchange(server_round, "fit", formats)
@@ -218,7 +218,7 @@ async def _run_round(
             fit.fold(client, result)
             return result.tensor_type
 
-        await exchange.run(instructions, encode_fit_ins, config.round_timeout, settle_fit)
+        await exchange.run(fit_instructions, encode_fit_ins, config.round_timeout, settle_fit)
         record.fit_ok, record.fit_failures = len(exchange.succeeded), exchange.failures
         aggregated, metrics = await asyncio.to_thread(fit.finish, exchange.failures)
         if aggregated is not None:
@@ -232,16 +232,16 @@ async def _run_round(
 
     await _wait_for_clients(strategy, clients, config.wait_timeout)
     distributed_loss = None
-    instructions = strategy.configure_evaluate(server_round, parameters, clients)
-    asked.update(client.cid for client, _ in instructions)
-    if instructions:
+    evaluate_instructions = strategy.configure_evaluate(server_round, parameters, clients)
+    asked.update(client.cid for client, _ in evaluate_instructions)
+    if evaluate_instructions:
         evaluation = strategy.begin_evaluate(server_round)
         exchange = Exchange(server_round, "evaluate", formats)
 
         def settle_evaluate(client: ClientProxy, data: bytes) -> None:  # None: it has no tensors
             evaluation.fold(client, decode_evaluate_res(parse_reply(data)))
 
-        await exchange.run(instructions, encode_evaluate_ins, config.round_timeout, settle_evaluate)
+        await exchange.run(evaluate_instructions, encode_evaluate_ins, config.round_timeout, settle_evaluate)
         record.evaluate_ok, record.evaluate_failures = len(exchange.succeeded), exchange.failures
         distributed_loss, metrics = await asyncio.to_thread(evaluation.finish, exchange.failures)
         if distributed_loss is not None:
@@ -312,7 +312,7 @@ async def _initial_parameters(
         return parameters
     await _wait_for_clients(strategy, clients, config.wait_timeout)
     message = encode_get_parameters_ins()
-    candidates = clients.sample(clients.num_available())
+    candidates = cast(list[ClientProxy], clients.sample(clients.num_available()))  # as registered by the transport
     for client in candidates:
         try:
             reply = await client.request(message, config.round_timeout)
@@ -360,7 +360,7 @@ class Exchange:
         self.failures: list[Failure] = []
 
     async def run(
-        self, instructions: list[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
+        self, instructions: Sequence[tuple[Any, FitIns | EvaluateIns]], encode: Callable[[Any, str], bytes],
         timeout: float | None, settle: Callable[[Any, bytes], str | None],
     ) -> None:
         # Strategies usually give every client the same Ins object: encode it once per format.

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from fedproto.server.client_manager import Client, ClientManager
 from fedproto.server_role import (
     Config,
     EvaluateIns,
@@ -37,7 +38,6 @@ from fedproto.server_role import (
     NDArrays,
     check_update,
 )
-from fedproto.server.client_manager import Client, ClientManager
 
 log = logging.getLogger("fedproto.server")
 

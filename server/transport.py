@@ -40,11 +40,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.endpoint import join_handler
 from fedproto.server_role import FailureKind, ReplyError, parse_reply
 from fedproto.transport_pb2 import ClientMessage
 from fedproto.wire import MAX_MESSAGE_LENGTH, message_size_options
-from fedproto.server.client_manager import ClientManager
-from fedproto.server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.server")
 
@@ -175,7 +175,9 @@ class ClientProxy:
         try:
             await self._writing
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # the handler itself is being cancelled
+            handler = asyncio.current_task()
+            assert handler is not None  # this coroutine runs as a task
+            if handler.cancelling():  # the handler itself is being cancelled
                 raise
             # else _end cancelled the write: its request has already failed
         finally:

@@ -10,8 +10,8 @@ import socket
 import time
 
 import pytest
-from conftest import free_port
 
+from conftest import free_port
 from fedproto.bench.loadgen import main as loadgen_main
 
 CLIENTS = 20

@@ -104,13 +104,14 @@ def test_a_server_that_never_speaks_is_left_after_the_idle_timeout_and_joined_ag
 
 def test_a_server_that_goes_quiet_mid_session_is_left_too_and_the_handler_time_does_not_count(
         spawn, scripted_server, tmp_path):
-    from fedproto.server_role import FitIns, encode_fit_ins
     from fedproto.client.demo import SoftmaxClient
+    from fedproto.server_role import FitIns, encode_fit_ins
 
     fit = encode_fit_ins(FitIns(SoftmaxClient().get_parameters({})))
     # The handler sleeps 1.5 s (> --idle-timeout) in fit: that is not server silence.
     server = scripted_server([[fit, SILENCE], [DONE]])
-    client = spawn("client", "-m", "fedproto.client", "--server", server.address, "--app", "tests.server_clients:SlowClient",
+    client = spawn("client", "-m", "fedproto.client", "--server", server.address,
+                   "--app", "tests.server_clients:SlowClient",
                    "--retry-delay", "0.1", "--idle-timeout", "1", env={"SLOW_FIT_SECONDS": "1.5"})
     server.next_join(30)
     server.next_join(30)
@@ -171,8 +172,8 @@ def test_flwrs_start_server_refuses_keepalive_pings_below_its_five_minute_floor(
     # server ends the connection at its third early ping; 10 s leaves room on a loaded machine).
     run = start_flwr_server(spawn, tmp_path, rounds=1, min_clients=1)
     wait_until_listening(run)
-    client = spawn("client", "-m", "fedproto.client", "--server", run.address, "--app", "tests.server_clients:SlowClient",
-                   "--keepalive", "1", env={"SLOW_FIT_SECONDS": "10"})
+    client = spawn("client", "-m", "fedproto.client", "--server", run.address,
+                   "--app", "tests.server_clients:SlowClient", "--keepalive", "1", env={"SLOW_FIT_SECONDS": "10"})
     run.history()
     assert client.wait(60) == 0, client.log()
     assert "ended: UNAVAILABLE: Too many pings; joining again" in client.log()

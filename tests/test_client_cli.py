@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from fedproto.client.cli import main
 from conftest import free_port
+from fedproto.client.cli import main
 from test_client_interop import log_time
 
 
@@ -40,11 +40,14 @@ def test_bad_numbers_are_usage_errors(option, value, capsys):
 
 @pytest.mark.parametrize("app, complaint", [
     ("fedproto.client.demo", "ValueError: --app must look like MODULE:ATTR, got 'fedproto.client.demo'"),
-    ("fedproto.client.nosuchmodule:make_client", "ModuleNotFoundError: No module named 'fedproto.client.nosuchmodule'"),
-    ("fedproto.client.demo:no_such_factory", "AttributeError: module 'fedproto.client.demo' has no attribute 'no_such_factory'"),
+    ("fedproto.client.nosuchmodule:make_client",
+     "ModuleNotFoundError: No module named 'fedproto.client.nosuchmodule'"),
+    ("fedproto.client.demo:no_such_factory",
+     "AttributeError: module 'fedproto.client.demo' has no attribute 'no_such_factory'"),
     ("fedproto.client.demo:FEATURES", "ValueError: FEATURES is not a handler (int has none of get_properties, "
                              "get_parameters, fit, evaluate)"),
-    ("fedproto.client.demo:SoftmaxClient.fit", "AttributeError: module 'fedproto.client.demo' has no attribute 'SoftmaxClient.fit'"),
+    ("fedproto.client.demo:SoftmaxClient.fit",
+     "AttributeError: module 'fedproto.client.demo' has no attribute 'SoftmaxClient.fit'"),
 ])
 def test_unloadable_app_is_a_usage_error(app, complaint, capsys):
     assert main(["--server", "127.0.0.1:8080", "--app", app]) == 2
@@ -60,15 +63,16 @@ def test_unreadable_root_certificates_is_a_usage_error(tmp_path, capsys):
 
 
 def test_usage_error_exit_code_of_the_real_process(spawn):
-    proc = spawn("edge_client", "-m", "fedproto.client", "--server", "127.0.0.1", "--app", "fedproto.client.demo:make_client")
+    proc = spawn("edge_client", "-m", "fedproto.client", "--server", "127.0.0.1",
+                 "--app", "fedproto.client.demo:make_client")
     assert proc.wait(30) == 2
     assert "fedproto-client: error: argument --server: '127.0.0.1' has no port" in proc.log()
 
 
 def test_unreachable_server_is_retried_with_backoff_then_exit_3(spawn):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    proc = spawn("edge_client", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client",
-                 "--retries", "4", "--retry-delay", "0.1")
+    proc = spawn("edge_client", "-m", "fedproto.client", "--server", address,
+                 "--app", "fedproto.client.demo:make_client", "--retries", "4", "--retry-delay", "0.1")
     assert proc.wait(30) == 3
     lines = proc.log().splitlines()
     retries = [line for line in lines if "joining again in" in line]

@@ -286,7 +286,8 @@ def test_max_message_length_refuses_bigger_instructions(spawn, tmp_path):
     reason = "RESOURCE_EXHAUSTED: Stream removed (CLIENT: Received message larger than max (343 vs. 300))"
     lines = client.log().splitlines()
     assert len(lines) == 2, lines  # FitIns refused, rejoined, EvaluateIns refused, gave up
-    assert lines[0].endswith(f"WARNING fedproto.client: stream to {run.address} ended: {reason}; joining again in 0.2 s")
+    assert lines[0].endswith(
+        f"WARNING fedproto.client: stream to {run.address} ended: {reason}; joining again in 0.2 s")
     assert lines[1].endswith(f"ERROR fedproto.client: giving up on {run.address} after 2 attempts: {reason}")
 
 

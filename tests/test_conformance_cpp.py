@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ROOT
 from test_kit_conformance import failing, run_conformance
 

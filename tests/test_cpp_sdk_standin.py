@@ -21,8 +21,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import free_port
 
+from conftest import free_port
 from fedproto.transport_pb2 import ClientMessage, Reason, Scalar, ServerMessage
 from fedproto.wire import JOIN_METHOD
 

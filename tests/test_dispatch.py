@@ -13,8 +13,8 @@ from flwr.client import NumPyClient
 from flwr.common import serde
 from flwr.proto import transport_pb2 as flwr_pb2
 
-from fedproto.codec import TENSOR_TYPE, ndarray_to_bytes, ndarrays_to_parameters, scalars_to_proto
 from fedproto import dispatch
+from fedproto.codec import TENSOR_TYPE, ndarray_to_bytes, ndarrays_to_parameters, scalars_to_proto
 from fedproto.dispatch import AFTER_REFUSAL, TRANSITIONS, ClientSession, ProtocolError, State, Transition
 from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, Scalar, ServerMessage
 
@@ -262,7 +262,8 @@ def test_unknown_tensor_type_is_a_protocol_error():
     with pytest.raises(ProtocolError) as caught:
         ClientSession(Recorder()).receive(server_message("evaluate_ins", parameters=parameters))
     assert str(caught.value) == (
-        "EvaluateIns.parameters.tensor_type: unknown tensor_type 'torch.Tensor' (expected one of 'numpy.ndarray', 'cpp_double')"
+        "EvaluateIns.parameters.tensor_type: unknown tensor_type 'torch.Tensor' "
+        "(expected one of 'numpy.ndarray', 'cpp_double')"
     )
 
 

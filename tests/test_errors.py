@@ -12,8 +12,8 @@ import fedproto
 from fedproto import CodecError, FedprotoError, HandlerError, ProtocolError, ReplyError
 from fedproto.codec import bytes_to_ndarray
 from fedproto.dispatch import ClientSession
-from fedproto.server_role import FailureKind, parse_reply
 from fedproto.server.checkpoint import CheckpointError, load_npz
+from fedproto.server_role import FailureKind, parse_reply
 
 
 def core_exceptions() -> list[type]:

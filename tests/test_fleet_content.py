@@ -176,7 +176,8 @@ def test_legacy_empty_parameters_travel_as_the_empty_marker():
 
 def test_metric_mapping(caplog):
     caplog.set_level(logging.WARNING, logger="fedproto.fleet_content")
-    metrics = {"f": 0.5, "i": 3, "np_f": np.float32(0.25), "np_i": np.int64(4), "flag": True, "np_flag": np.bool_(False),
+    metrics = {"f": 0.5, "i": 3, "np_f": np.float32(0.25), "np_i": np.int64(4), "flag": True,
+               "np_flag": np.bool_(False),
                "floats": [0.5, 1.5], "ints": [1, 2], "name": "a", "blob": b"\x00", "none": None,
                "mixed": [1, "x"], "num-examples": 999}
     values = metric_record(metrics, {"num-examples": 10})
@@ -236,7 +237,8 @@ LEGACY_TRAIN = {"fitins.parameters": legacy_array_record([W]), "fitins.config": 
     (Missing(), "train", TRAIN, "Client does not implement `fit`"),
     (Handler(), "reboot", TRAIN, "unsupported message: message type 'reboot' is not train/evaluate/query; "
                                        "records: arrays (ArrayRecord), config (ConfigRecord)"),
-    (Handler(), "train", {"config": objects.ConfigRecord({})}, "unsupported message: 0 ArrayRecords, expected 1; records: config (ConfigRecord)"),
+    (Handler(), "train", {"config": objects.ConfigRecord({})},
+     "unsupported message: 0 ArrayRecords, expected 1; records: config (ConfigRecord)"),
 ])
 def test_handler_failures_become_message_error(handler, message_type, content, reason):
     metadata, ins = instruction(message_type, content)

@@ -237,8 +237,9 @@ def test_superlink_restart_mid_run_node_registers_again(superlink_harness, tmp_p
     """The SuperLink (in-memory state) dies during a run and comes back on the same port.
 
     The new SuperLink does not know any node. flwr's SuperNode (1.42) then ends itself (exit code
-    0, "SuperNode terminated gracefully", or killed by the SIGINT it sent itself); ours registers and activates again with the same
-    key (fedproto/node.py, invariant 6) and serves the next run without a restart.
+    0, "SuperNode terminated gracefully", or killed by the SIGINT it sent itself); ours registers
+    and activates again with the same key (fedproto/node.py, invariant 6) and serves the next run
+    without a restart.
     """
     harness = superlink_harness()
     harness.start_superlink()

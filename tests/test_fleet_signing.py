@@ -12,14 +12,14 @@ import types
 import grpc
 import pytest
 from fastapi import HTTPException
-from starlette.requests import Request
-
-from fedproto.client import fleet
-from fedproto.client.fleet import NodeKey, run_node
 from flwr.proto.fleet_pb2 import RegisterNodeFleetRequest  # pylint: disable=no-name-in-module
 from flwr.server.superlink.fleet.grpc_rere.node_auth_server_interceptor import NodeAuthServerInterceptor
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes, public_key_to_bytes
 from flwr.superlink.routers.fleet.node_auth import authenticate_node
+from starlette.requests import Request
+
+from fedproto.client import fleet
+from fedproto.client.fleet import NodeKey, run_node
 
 
 def http_request(headers: dict[str, str], public_key: bytes) -> Request:

@@ -11,8 +11,8 @@ import pytest
 
 from fedproto.codec import TENSOR_TYPE, CodecError, bytes_to_ndarray
 from fedproto.dispatch import ClientSession, ProtocolError
-from fedproto.transport_pb2 import Parameters, ServerMessage
 from fedproto.kit.make_vectors import DEFAULT_DIR
+from fedproto.transport_pb2 import Parameters, ServerMessage
 
 
 def npy_v1(header: bytes, data: bytes = b"") -> bytes:
@@ -49,7 +49,8 @@ REGRESSIONS = {
     "empty_but_product_overflows": (
         npy_v1(b"{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4611686018427387904, 4611686018427387904), }"),
         "issue 9: ValueError 'array is too big' escaped from numpy's read_array",
-        "bad .npy header (shape (0, 4611686018427387904, 4611686018427387904) is over the 536870912-byte message limit)",
+        "bad .npy header (shape (0, 4611686018427387904, 4611686018427387904) "
+        "is over the 536870912-byte message limit)",
     ),
     "empty_but_dimension_beyond_int64": (
         npy_v1(b"{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000000000000000000000, 0), }"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedproto.har import data, synthetic
-from fedproto.har.data import CHANNELS, DataError, MOTION_DIR, SUBJECTS_FILE, TRIALS
+from fedproto.har.data import CHANNELS, MOTION_DIR, SUBJECTS_FILE, TRIALS, DataError
 from fedproto.har.metrics import confusion_matrix, macro_f1, score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,7 +281,8 @@ def test_scores_accuracy_macro_f1_and_confusion():
 
 def test_only_the_model_module_imports_tensorflow():
     modules = ["fedproto.har"] + [f"fedproto.har.{name}" for name in
-                                  ("data", "synthetic", "metrics", "settings", "client_app", "federated", "report", "cli")]
+                                  ("data", "synthetic", "metrics", "settings", "client_app", "federated", "report",
+                                   "cli")]
     code = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
             "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'flwr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -23,8 +23,8 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 def run_har(spawn, out: Path, data: Path, *extra: str):
-    proc = spawn("har", "-m", "fedproto.har", "--data", str(data), "--clients", "2", "--rounds", "2", "--local-epochs", "1",
-                 "--hidden", "16", "--port", str(free_port()), "--out", str(out), *extra)
+    proc = spawn("har", "-m", "fedproto.har", "--data", str(data), "--clients", "2", "--rounds", "2",
+                 "--local-epochs", "1", "--hidden", "16", "--port", str(free_port()), "--out", str(out), *extra)
     code = proc.wait(timeout=150)
     assert code == 0, proc.log()[-4000:]
     return proc.log()

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from fedproto.text import DROPPED_METRICS_KEY, MAX_METRICS, bound_metrics, bound_text
 from fedproto.server.history import History, RoundRecord
 from fedproto.server_role import Failure, FailureKind
+from fedproto.text import DROPPED_METRICS_KEY, MAX_METRICS, bound_metrics, bound_text
 
 
 def strict_loads(text: str):

@@ -12,8 +12,8 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from flwr.client import start_client
 from flwr import common as flwr_common
+from flwr.client import start_client
 from flwr.common import GRPC_MAX_MESSAGE_LENGTH, serde
 from flwr.proto import transport_pb2 as flwr_pb2
 from flwr.server import start_server
@@ -21,9 +21,9 @@ from flwr.server.strategy.aggregate import aggregate_inplace
 from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
 from fedproto.codec import CodecError, bytes_to_ndarray, ndarray_to_bytes, scalar_from_proto, scalar_to_proto
+from fedproto.kit.make_vectors import DEFAULT_DIR, MANIFEST, tensor_from_json
 from fedproto.transport_pb2 import Scalar
 from fedproto.wire import JOIN_METHOD, MAX_MESSAGE_LENGTH, message_size_options
-from fedproto.kit.make_vectors import DEFAULT_DIR, MANIFEST, tensor_from_json
 
 MANIFEST_DATA = json.loads((DEFAULT_DIR / MANIFEST).read_text(encoding="utf-8"))
 FIT_INS = next(v for v in MANIFEST_DATA["vectors"] if v["name"] == "server_fit_ins")

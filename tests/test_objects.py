@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from fedproto import objects
 from fedproto.errors import FedprotoError
+from fedproto.kit.make_fleet_vectors import DEFAULT_DIR, MANIFEST, MODEL, build_vectors, write_vectors
 from fedproto.message_pb2 import Message, Metadata, ObjectTree
 from fedproto.objects import (
     CHUNK_SIZE,
@@ -49,7 +50,6 @@ from fedproto.objects import (
     tree_object_ids,
 )
 from fedproto.wire import MAX_MESSAGE_LENGTH
-from fedproto.kit.make_fleet_vectors import DEFAULT_DIR, MANIFEST, MODEL, build_vectors, write_vectors
 
 VECTORS = {vector.name: vector for vector in build_vectors()}
 MANIFEST_DATA = json.loads((DEFAULT_DIR / MANIFEST).read_text(encoding="utf-8"))
@@ -75,7 +75,8 @@ def flwr_message(vector):
 
     def record(value):
         if isinstance(value, ArrayRecord):
-            arrays = {key: shared.setdefault(id(a), FlwrArray(a.dtype, a.shape, a.stype, a.data)) for key, a in value.items()}
+            arrays = {key: shared.setdefault(id(a), FlwrArray(a.dtype, a.shape, a.stype, a.data))
+                      for key, a in value.items()}
             return FlwrArrayRecord(arrays)
         return (FlwrConfigRecord if isinstance(value, ConfigRecord) else FlwrMetricRecord)(dict(value))
 
@@ -198,7 +199,8 @@ def test_manifest_content_matches_what_inflates():
             if record["type"] == "ArrayRecord":
                 for key, described in record["arrays"].items():
                     array = inflated[record_name][key]
-                    assert [array.dtype, list(array.shape), array.stype] == [described[k] for k in ("dtype", "shape", "stype")]
+                    assert [array.dtype, list(array.shape), array.stype] == [
+                        described[k] for k in ("dtype", "shape", "stype")]
                     tensor = described.get("tensor")
                     if tensor is not None:
                         want = np.array(tensor["values"], dtype=tensor["dtype"]).reshape(tensor["shape"])

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from fedproto.server.checkpoint import save_npz
 from fedproto.codec import ndarrays_to_parameters
+from fedproto.server.checkpoint import save_npz
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.transport import create_server
 from fedproto.server_role import FailureKind, ReplyError
 from fedproto.transport_pb2 import ServerMessage
 from fedproto.wire import JOIN_METHOD
-from fedproto.server.client_manager import ClientManager
-from fedproto.server.transport import create_server
 
 # Far more than any flow-control window the silent client grants (64 KiB, without BDP probing).
 LARGE_FIT_INS = ServerMessage(fit_ins=ServerMessage.FitIns(

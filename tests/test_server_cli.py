@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from fedproto.client.demo import SoftmaxClient
 from conftest import ROOT, free_port
+from fedproto.client.demo import SoftmaxClient
 from fedproto.server import FedAvg, History, ServerResult, run_server
 
 
@@ -136,8 +136,8 @@ def test_python_api_runs_in_process_with_config_and_centralized_evaluation(spawn
 
 def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn, tmp_path):
     from fedproto.server.checkpoint import load, save_npz
-    from fedproto.server_role import FitRes
     from fedproto.server.strategy import FedAdam
+    from fedproto.server_role import FitRes
 
     address = f"127.0.0.1:{free_port()}"
     initial = SoftmaxClient().get_parameters({})
@@ -145,8 +145,8 @@ def test_fedadam_from_the_command_line_keeps_its_moments_in_the_checkpoint(spawn
     server = spawn("server", "-m", "fedproto.server", "--address", address, "--rounds", "2", "--min-clients", "2",
                    "--strategy", "fedadam", "--server-learning-rate", "0.05",
                    "--initial-parameters", str(tmp_path / "w0.npz"), "--checkpoint-dir", str(tmp_path / "ckpt"))
-    clients = [spawn(f"client{p}", "-m", "fedproto.client", "--server", address, "--app", "fedproto.client.demo:make_client",
-                     env={"DEMO_PARTITION": str(p)}) for p in (0, 1)]
+    clients = [spawn(f"client{p}", "-m", "fedproto.client", "--server", address,
+                     "--app", "fedproto.client.demo:make_client", env={"DEMO_PARTITION": str(p)}) for p in (0, 1)]
     assert server.wait(60) == 0, server.log()
     assert all(client.wait(30) == 0 for client in clients)
     assert "FedAdam(eta=0.05, beta_1=0.9, beta_2=0.99, tau=1e-09, fraction_fit=1.0" in server.log()

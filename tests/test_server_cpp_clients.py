@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT, free_port
-from test_cpp_sdk_standin import TRAIN_SIZES, fedavg, records, start_standin, wait_until_listening
 
+from conftest import ROOT, free_port
 from fedproto.server.checkpoint import load_npz
 from fedproto.server.history import History
+from test_cpp_sdk_standin import TRAIN_SIZES, fedavg, records, start_standin, wait_until_listening
 
 TIMEOUT = 60
 EDGE_EXAMPLES = 300

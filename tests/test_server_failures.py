@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from fedproto.client.demo import SoftmaxClient
 from conftest import free_port
+from fedproto.client.demo import SoftmaxClient
 from fedproto.server.checkpoint import load_npz, save_npz
 from fedproto.server.history import History
 from fedproto.server.transport import CLIENT_SIDE_ENDED
@@ -69,7 +69,8 @@ def test_each_misbehaving_client_is_a_counted_failure_and_the_rounds_complete(sp
                   SLOW_FIT_MARKER=str(marker), SLOW_FIT_SECONDS="120")
     wait_for_file(marker, 90)  # round 1 fit has reached it
     doomed.kill()
-    clients += [edge("late2", "fedproto.client.demo:make_client", 2), edge("late3", "fedproto.client.demo:make_client", 3)]
+    clients += [edge("late2", "fedproto.client.demo:make_client", 2),
+                edge("late3", "fedproto.client.demo:make_client", 3)]
 
     assert server.wait(90) == 0, server.log()
     for client in clients:

@@ -14,6 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import free_port
+from fedproto.codec import ndarrays_to_parameters, scalars_to_proto
+from fedproto.server.app import run_server
+from fedproto.server.checkpoint import load_npz, save_npz
+from fedproto.server.history import History
+from fedproto.server.strategy import FedAdam, FedAvg, FedProx
 from fedproto.server_role import (
     FailureKind,
     FitRes,
@@ -22,13 +27,8 @@ from fedproto.server_role import (
     decode_get_parameters_res,
     parse_reply,
 )
-from fedproto.codec import ndarrays_to_parameters, scalars_to_proto
 from fedproto.text import DROPPED_METRICS_KEY, MAX_METRICS
 from fedproto.transport_pb2 import ClientMessage, Scalar
-from fedproto.server.app import run_server
-from fedproto.server.checkpoint import load_npz, save_npz
-from fedproto.server.history import History
-from fedproto.server.strategy import FedAdam, FedAvg, FedProx
 from test_server_failures import ZEROS, fedavg_of_demo_partitions
 
 OK = {"code": 0, "message": "Success"}

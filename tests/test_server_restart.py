@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from fedproto.client.demo import SoftmaxClient
 from conftest import free_port
+from fedproto.client.demo import SoftmaxClient
 from fedproto.server.checkpoint import load_npz
 from fedproto.server.history import History
 

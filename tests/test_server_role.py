@@ -154,7 +154,8 @@ FAILURES = [
         NAN_MODEL)}), FailureKind.NON_FINITE, "GetParametersRes.parameters.tensors[1] holds NaN or Inf"),
     ("get_parameters", ClientMessage(get_parameters_res={"status": OK, "parameters": Parameters(
         tensors=[b"\x93NUMPY"], tensor_type="torch.Tensor")}), FailureKind.BAD_TENSOR,
-     "GetParametersRes.parameters.tensor_type: unknown tensor_type 'torch.Tensor' (expected one of 'numpy.ndarray', 'cpp_double')"),
+     "GetParametersRes.parameters.tensor_type: unknown tensor_type 'torch.Tensor' "
+     "(expected one of 'numpy.ndarray', 'cpp_double')"),
     ("get_properties", ClientMessage(get_properties_res={"status": {"code": Code.GET_PROPERTIES_NOT_IMPLEMENTED}}),
      FailureKind.STATUS, "GET_PROPERTIES_NOT_IMPLEMENTED: "),
     ("disconnect", ClientMessage(fit_res={}), FailureKind.WRONG_REPLY, "expected disconnect_res, got fit_res"),

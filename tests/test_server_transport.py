@@ -10,11 +10,11 @@ import grpc
 import pytest
 
 from conftest import free_port
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.transport import CLIENT_SIDE_ENDED, BindError, create_server
 from fedproto.server_role import FailureKind, ReplyError
 from fedproto.transport_pb2 import ClientMessage, ServerMessage
 from fedproto.wire import JOIN_METHOD
-from fedproto.server.client_manager import ClientManager
-from fedproto.server.transport import CLIENT_SIDE_ENDED, BindError, create_server
 
 FIT_INS = ServerMessage(fit_ins=ServerMessage.FitIns()).SerializeToString()
 FIT_RES = ClientMessage(fit_res=ClientMessage.FitRes(num_examples=7)).SerializeToString()

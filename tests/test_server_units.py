@@ -9,14 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from flwr.common import FitRes, Status, Code, ndarrays_to_parameters
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.server.strategy.aggregate import aggregate, aggregate_inplace
 
-from fedproto.server_role import Failure, FailureKind, FitRes as OurFitRes
 from fedproto.server import checkpoint
 from fedproto.server.client_manager import ClientManager
 from fedproto.server.history import History, RoundRecord
 from fedproto.server.strategy import FedAvg, weighted_average, weighted_metrics_average
+from fedproto.server_role import Failure, FailureKind
+from fedproto.server_role import FitRes as OurFitRes
 
 
 @dataclass
@@ -153,8 +154,8 @@ class ScriptedClient:
 
 def test_initial_parameters_come_from_the_next_client_when_one_fails(caplog):
     from fedproto.codec import ndarrays_to_parameters as to_parameters
-    from fedproto.transport_pb2 import ClientMessage
     from fedproto.server.loop import LoopConfig, NoInitialParameters, _initial_parameters
+    from fedproto.transport_pb2 import ClientMessage
 
     refusal = ClientMessage(get_parameters_res={"status": {"code": 2, "message": "not implemented"}})
     wrong = ClientMessage(fit_res={})
@@ -187,8 +188,8 @@ def fit_results_for_round(server_round: int):
 
 
 def test_fedadam_follows_flwrs_fedadam_round_by_round():
-    from flwr.server.strategy import FedAdam as FlwrFedAdam
     from flwr.common import parameters_to_ndarrays
+    from flwr.server.strategy import FedAdam as FlwrFedAdam
 
     from fedproto.server.strategy import FedAdam
 
@@ -264,7 +265,8 @@ class FormatWritingClient:
         self.fit_formats: list[str] = []
 
     async def request_bytes(self, message: bytes, timeout=None, last=False) -> bytes:
-        from fedproto.codec import ndarrays_to_parameters as to_parameters, parameters_to_ndarrays
+        from fedproto.codec import ndarrays_to_parameters as to_parameters
+        from fedproto.codec import parameters_to_ndarrays
         from fedproto.transport_pb2 import ClientMessage, ServerMessage
 
         ins = ServerMessage.FromString(message)

@@ -13,14 +13,19 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes as FlwrFitRes, Status, ndarrays_to_parameters as flwr_parameters
+from flwr.common import Code, Status
+from flwr.common import FitRes as FlwrFitRes
+from flwr.common import ndarrays_to_parameters as flwr_parameters
 from flwr.server.strategy.aggregate import aggregate, weighted_loss_avg
 
 from fedproto.codec import ndarrays_to_parameters
+from fedproto.server.client_manager import ClientManager
+from fedproto.server.loop import LoopConfig, run_rounds
+from fedproto.server.strategy import CollectedFit, FedAdam, FedAvg, FedAvgFit, WeightedSum
 from fedproto.server_role import (
+    IN_PLACE_DECODE_BYTES,
     EvaluateRes,
     FailureKind,
-    IN_PLACE_DECODE_BYTES,
     FitRes,
     ReplyError,
     decode_fit_reply,
@@ -28,9 +33,6 @@ from fedproto.server_role import (
     reply_tensor_type,
 )
 from fedproto.transport_pb2 import ClientMessage, ServerMessage
-from fedproto.server.client_manager import ClientManager
-from fedproto.server.loop import LoopConfig, run_rounds
-from fedproto.server.strategy import CollectedFit, FedAdam, FedAvg, FedAvgFit, WeightedSum
 
 OK = {"code": 0, "message": "Success"}
 
@@ -136,7 +138,8 @@ def test_the_round_through_the_loop_equals_flwrs_fedavg_and_weighted_loss():
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
     assert sorted(record.fit_clients) == sorted(record.evaluate_clients) == [f"c{i}" for i in range(5)]
     (_, loss), = history.losses_distributed
-    assert loss == pytest.approx(weighted_loss_avg([(n, l) for (_, n), l in zip(results, losses)]), abs=1e-12)
+    assert loss == pytest.approx(
+        weighted_loss_avg([(n, client_loss) for (_, n), client_loss in zip(results, losses)]), abs=1e-12)
 
 
 class RecordingFedAvg(FedAvg):
