@@ -651,9 +651,15 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
         except (OSError, ssl.SSLError) as error:  # the node went away or failed its TLS handshake
             self.tracer.event(f"connection from {self.client_address[0]} ended: {type(error).__name__}: {error}")
 
+    refusing = False  # the relay refuses a request and has logged why: http.server's line is not needed
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
         """http.server's own messages (a malformed request it refused): one bounded line."""
-        self.tracer.event(f"from {self.client_address[0]}: {format % args}")
+        if not self.refusing:
+            self.tracer.event(f"from {self.client_address[0]}: {format % args}")
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Nothing: a forwarded call has its own line, a refused request its event."""
 
     def do_POST(self) -> None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -689,9 +695,8 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
         try:
             response = self.upstream.call(self.command, path, headers, call.request)
         except (OSError, http.client.HTTPException, Unreachable) as error:
-            self.tracer.end(call, "no answer", b"")
-            self.tracer.event(f"{call.rpc}: the SuperLink gave no whole answer: {type(error).__name__}: {error}",
-                              call.node_id)
+            call.record["response_error"] = bound_text(f"no whole answer: {type(error).__name__}: {error}")
+            self.tracer.end(call, 502, b"")
             self._answer(502, "Bad Gateway", [("Content-Type", "text/plain")], b"fedproto-trace: no answer", None)
             return
         headers_back = [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
@@ -729,7 +734,7 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
 
     def _refuse(self, status: int, what: str) -> None:
         self.tracer.event(f"from {self.client_address[0]} {bound_text(self.path, 100)}: refused {what}")
-        self.close_connection = True
+        self.close_connection = self.refusing = True
         self.send_error(status)
 
     def _take_offline(self, call: Call, headers: dict[str, str]) -> None:
@@ -743,8 +748,8 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
             response = self.upstream.call("POST", rpc.http_path, signed, request)
             self.tracer.end(forged, response.status, response.body)
         except (OSError, http.client.HTTPException, Unreachable) as error:
-            self.tracer.end(forged, "no answer", b"")
-            self.tracer.event(f"DeactivateNode: {type(error).__name__}: {error}", call.node_id)
+            forged.record["response_error"] = bound_text(f"no whole answer: {type(error).__name__}: {error}")
+            self.tracer.end(forged, 502, b"")
 
 
 def serve_http(listen: str, tracer: FleetTracer, upstream: str, upstream_tls: ssl.SSLContext | None,
@@ -788,6 +793,7 @@ def fleet_grpc_handler(tracer: FleetTracer, channel: grpc.Channel) -> grpc.Gener
             try:
                 response = method(call.request, metadata=metadata, timeout=timeout)
             except grpc.RpcError as error:
+                call.record["response_error"] = bound_text(error.details() or "")
                 tracer.end(call, error.code().name, b"")
                 context.abort(error.code(), bound_text(error.details() or ""))
             body, cut = tracer.end(call, "OK", response)
@@ -887,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--corrupt-object", action="append", default=[], metavar="ID|TYPE",
                         help="flip the last byte of this object as it crosses (repeatable)")
     faults.add_argument("--answer-401-once", type=_rpc_name, metavar="RPC",
-                        help="answer the first call of RPC from a known node 401, as a SuperLink that lost its database")
+                        help="answer the first call of RPC from a known node 401 (a SuperLink that lost its database)")
     faults.add_argument("--cut-response", type=_rpc_name, action="append", default=[], metavar="RPC",
                         help="send half of this RPC's response, then close (repeatable)")
     faults.add_argument("--fault-times", type=int, metavar="N",

@@ -3,20 +3,28 @@
 Each test starts `flower-superlink`, the relay in front of its Fleet API, nodes pointed at the
 relay (ours, and flwr's `flower-supernode`), and `flwr run` of examples/superlink_app (message-API
 FedAvg). The relay's --jsonl records are what the assertions read; its console is in its log.
+The hostile-peer test puts the relay between raw sockets and a small fake SuperLink that answers
+what no SuperLink should.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import http.server
 import json
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from superlink_harness import EXAMPLE_APP, Harness, Process
+from fedproto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
+from fedproto.message_pb2 import Message, ObjectTree, PullObjectRequest, PullObjectResponse
+from superlink_harness import EXAMPLE_APP, Harness, Process, free_port, wait_listening
 from test_fleet_interop import APP, NODE_ARGS, assert_arrays_equal, run, stop_node
 
 sys.path.insert(0, str(EXAMPLE_APP))
@@ -91,7 +99,7 @@ def test_run_through_the_relay_same_model_every_rpc_and_message_decoded(superlin
     # Every object of the run was written under its id, and is what its id says.
     dumped = list((tmp_path / "objects").iterdir())
     assert dumped and all(len(p.name) == 64 for p in dumped)
-    assert all(__import__("hashlib").sha256(p.read_bytes()).hexdigest() == p.name for p in dumped)
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in dumped)
     relay_proc.stop()
 
 
@@ -193,3 +201,115 @@ def test_tls_on_both_sides(superlink_harness, tls_files, tmp_path):
     one_node_run(harness, tmp_path, "tls")
     assert stop_node(harness, node) == 0
     assert len(messages(jsonl)) == 4 and {c["status"] for c in calls(jsonl)} == {200}
+
+
+# --------------------------------------------------------------------------- hostile peers
+
+EVIL = "\r\n\x1b[31mforged line\u202e"
+
+
+class HostileSuperLink(http.server.ThreadingHTTPServer):
+    """Answers each Fleet path with something a SuperLink must not send."""
+
+    daemon_threads = True
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            request = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/v1/fleet/send-node-heartbeat":  # a body cut off, then the connection closed
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+                self.close_connection = True
+                return
+            if self.path == "/v1/fleet/pull-messages":  # an object tree of no object ids
+                tree = ObjectTree(object_id="not an id" + EVIL, children=[ObjectTree(object_id="x" * 5000)])
+                body = PullMessagesResponse(messages_list=[Message()], message_object_trees=[tree])
+            elif self.path == "/v1/fleet/pull-object":  # content that is not what its id says
+                object_id = PullObjectRequest.FromString(request).object_id
+                body = PullObjectResponse(object_found=True, object_available=True,
+                                          object_content=b"Message  3\x00" + EVIL.encode())
+                assert object_id
+            else:
+                body = None
+            data = body.SerializeToString() if body is not None else b"\xff\x00 not protobuf" + EVIL.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+
+def raw_exchange(address: str, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection, return what comes back until the relay closes it."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:  # the relay closed while we were still sending: what it answered is read below
+            pass
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+        return answer
+
+
+def post(address: str, path: str, body: bytes) -> tuple[int, bytes]:
+    host, port = address.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/protobuf"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_hostile_peers_get_one_bounded_line_each_and_the_relay_goes_on(spawn, tmp_path):
+    upstream = HostileSuperLink(("127.0.0.1", 0), HostileSuperLink.Handler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = upstream.server_address[1]
+    listen = f"127.0.0.1:{free_port()}"
+    jsonl = tmp_path / "fleet.jsonl"
+    relay = spawn("relay", "-m", "fedproto.kit.trace", "--fleet", "--listen", listen,
+                  "--upstream", f"127.0.0.1:{port}", "--jsonl", str(jsonl), "--max-message-length", "1000000")
+    try:
+        assert wait_listening(int(listen.split(":")[1]), 30, relay.popen), relay.log()
+        node_request = PullMessagesRequest().SerializeToString()
+        # A node that speaks no HTTP, sends a 1 MB header holding CR/LF/ESC, announces or sends too much.
+        assert b"400 - Bad request" in raw_exchange(listen, b"\x00\xff\x1b[2J GARBAGE\r\n\r\n")  # as HTTP/0.9
+        evil_header = b"X-Evil: " + (EVIL.encode() + b"A" * 100) * 10_000 + b"\r\n"
+        answer = raw_exchange(listen, b"POST /v1/fleet/pull-messages HTTP/1.1\r\n" + evil_header + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+        answer = raw_exchange(listen, b"POST /v1/fleet/pull-messages HTTP/1.1\r\nContent-Length: 1000000000000"
+                                      b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+        assert post(listen, "/v1/fleet/push-object", b"x" * 2_000_000)[0] == 413
+        # A SuperLink that sends garbage: forwarded as it came (the relay never changes a byte), logged.
+        assert post(listen, "/v1/fleet/push-messages", node_request) == (200, b"\xff\x00 not protobuf" + EVIL.encode())
+        status, body = post(listen, "/v1/fleet/pull-messages", node_request)
+        assert status == 200 and PullMessagesResponse.FromString(body).message_object_trees[0].object_id
+        status, body = post(listen, "/v1/fleet/pull-object", PullObjectRequest(object_id="ab" * 32).SerializeToString())
+        assert status == 200 and PullObjectResponse.FromString(body).object_content.startswith(b"Message")
+        # A SuperLink that cuts its answer: the node gets 502, the relay goes on.
+        assert post(listen, "/v1/fleet/send-node-heartbeat", node_request)[0] == 502
+        assert post(listen, "/v1/fleet/push-messages", node_request)[0] == 200
+    finally:
+        relay.kill()
+        upstream.shutdown()
+    log = relay.log()
+    assert "Traceback" not in log and "\x1b" not in log and "\u202e" not in log, log[-3000:]
+    assert max(len(line) for line in log.splitlines()) < 1500
+    lines = records(jsonl)
+    events = [r["event"] for r in lines if r["kind"] == "event"]
+    assert sum("code 400" in e for e in events) == 1, events  # no HTTP
+    assert sum("code 431" in e for e in events) == 1, events  # the 1 MB header
+    assert sum("above --max-message-length" in e for e in events) == 2, events
+    assert any("object tree refused" in e for e in events), events
+    by_rpc = {c["rpc"]: c for c in lines if c["kind"] == "call"}
+    assert by_rpc["SendNodeHeartbeat"]["status"] == 502
+    assert "cut off after 5 of 100 bytes" in by_rpc["SendNodeHeartbeat"]["response_error"]
+    assert by_rpc["PushMessages"]["response_error"] == "not a valid protobuf message"
+    assert by_rpc["PullObject"]["object_error"].startswith("content hashes to")
