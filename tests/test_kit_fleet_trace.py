@@ -25,7 +25,7 @@ import pytest
 from fedproto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
 from fedproto.message_pb2 import Message, ObjectTree, PullObjectRequest, PullObjectResponse
 from superlink_harness import EXAMPLE_APP, Harness, Process, free_port, wait_listening
-from test_fleet_interop import APP, NODE_ARGS, assert_arrays_equal, run, stop_node
+from test_fleet_interop import APP, NODE_ARGS, assert_arrays_equal, run, stop_node, train_clients
 
 sys.path.insert(0, str(EXAMPLE_APP))
 from superlink_app.arithmetic import expected_fedavg  # noqa: E402
@@ -147,6 +147,27 @@ def test_corrupted_object_is_refused_by_the_node_and_logged(superlink_harness, t
     assert corrupted["object_type"] == "ArrayChunk" and "corrupted ArrayChunk" in corrupted["fault"]
     assert corrupted["object_error"].startswith("content hashes to ")
     assert "PullObject: object" in node.log() and "content hashes to" in node.log()
+
+
+def test_dropped_object_costs_that_node_its_round(superlink_harness, tmp_path):
+    """The first ArrayChunk pulled is answered "not found": that node drops the instruction and
+    goes on; the round ends at its timeout with the other node's update alone."""
+    harness = superlink_harness()
+    harness.start_superlink()
+    jsonl = tmp_path / "fleet.jsonl"
+    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--drop-object", "ArrayChunk",
+                                         "--fault-times", "1")
+    nodes = [our_node(harness, client, relay) for client in (0, 1)]
+    report, arrays = run(harness, tmp_path, "dropped", strategy="message",
+                         **{"num-rounds": 1, "round-timeout": 5.0})
+    [dropped] = [c for c in calls(jsonl, "PullObject") if "fault" in c]
+    assert "dropped ArrayChunk" in dropped["fault"] and (dropped["found"], dropped["available"]) == (False, False)
+    [served] = train_clients(report, 1).items()
+    assert served[1] != dropped["node_id"]
+    assert_arrays_equal(arrays, expected_fedavg([[served[0]]]))
+    loser = nodes[1 - served[0]]
+    assert "not found on the SuperLink" in loser.log()
+    assert [stop_node(harness, node) for node in nodes] == [0, 0]
 
 
 def test_delayed_call_cut_response_and_bounded_message_memory(superlink_harness, tmp_path):
