@@ -70,7 +70,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,14 +166,15 @@ def number(name: str, steps: list[Step] | None = None) -> int:
     return [step.name for step in (steps or STEPS)].index(name) + 1
 
 
-def selected_steps(skip: list[str] = (), only: list[str] = ()) -> dict[str, str]:
+def selected_steps(skip: Sequence[str] = (), only: Sequence[str] = ()) -> dict[str, str]:
     """Step name -> why it is skipped, for every step left out by ``skip`` / ``only`` (names)."""
     if "join" in skip:
         raise ValueError("step 1 (join) cannot be skipped: every other step needs a client")
     return select(STEPS, GROUPS, "join", skip, only)
 
 
-def select(steps: list[Step], groups: list[tuple[str, ...]], first: str, skip=(), only=()) -> dict[str, str]:
+def select(steps: list[Step], groups: Sequence[tuple[str, ...]], first: str, skip: Iterable[str] = (),
+           only: Iterable[str] = ()) -> dict[str, str]:
     """Step name -> why it is skipped: ``skip``/``only`` (names) with the steps' needs and groups.
 
     Shared by the Join and the Fleet runner; ``first`` is the step every other one needs.
@@ -201,7 +202,7 @@ def select(steps: list[Step], groups: list[tuple[str, ...]], first: str, skip=()
     return skipped
 
 
-def _with_groups(names, groups: list[tuple[str, ...]]) -> set[str]:
+def _with_groups(names: Iterable[str], groups: Sequence[tuple[str, ...]]) -> set[str]:
     """``names`` plus the rest of every group one of them belongs to."""
     names = set(names)
     for group in groups:

@@ -694,15 +694,15 @@ class Script:
             self.node.start()
         self._register("register")
         if not self.link.node_id:
-            for step in STEP_NAMES:
-                if self.wanted(step):
-                    self.record(step, False, "not run: the node never activated")
+            for name in STEP_NAMES:
+                if self.wanted(name):
+                    self.record(name, False, "not run: the node never activated")
             return
-        for step, run in self._message_steps():
-            if self.wanted(step) and self.gone:
-                self.record(step, False, f"not run: {self.gone}")
-            elif self.wanted(step):
-                run(step)
+        for name, run_step in self._message_steps():
+            if self.wanted(name) and self.gone:
+                self.record(name, False, f"not run: {self.gone}")
+            elif self.wanted(name):
+                run_step(name)
         self._cadence()
         if self.wanted("reregister"):
             self._reregister("reregister")
@@ -809,7 +809,7 @@ class Script:
 
     def _train_step(self, step: str, arrays: list[np.ndarray], config: dict[str, Any], late: bool,
                     refusal_allowed: bool) -> None:
-        content = {"arrays": _array_record(arrays), "config": objects.ConfigRecord(config)}
+        content: objects.RecordDict = {"arrays": _array_record(arrays), "config": objects.ConfigRecord(config)}
         self.reply_step(step, "train", content, check_train(arrays), refusal_allowed, late)
 
     def _train(self, step: str) -> None:
@@ -827,7 +827,8 @@ class Script:
         self._train_step(step, arrays, {"server-round": 1}, late=False, refusal_allowed=True)
 
     def _evaluate(self, step: str) -> None:
-        content = {"arrays": _array_record(_model((3, 2), (4,))), "config": objects.ConfigRecord({"server-round": 1})}
+        content: objects.RecordDict = {"arrays": _array_record(_model((3, 2), (4,))),
+                                       "config": objects.ConfigRecord({"server-round": 1})}
         self.reply_step(step, "evaluate", content, check_evaluate, refusal_allowed=False)
 
     def _unservable(self, step: str) -> None:
@@ -845,26 +846,26 @@ class Script:
             self.record(step, True, f"Message.error code {reply.error.code} ({bound_text(reply.error.reason, 60)!r})")
 
     def _query(self, step: str) -> None:
-        content = {"config": objects.ConfigRecord({"server-round": 1, "question": "properties"})}
+        content: objects.RecordDict = {"config": objects.ConfigRecord({"server-round": 1, "question": "properties"})}
         self.reply_step(step, "query", content, lambda reply: f"OK, records {_records(reply)}", refusal_allowed=True)
 
     def _legacy_fit(self, step: str) -> None:
         arrays = _model((3, 2), (4,))
-        content = {"fitins.parameters": _array_record(arrays, legacy=True),
+        content: objects.RecordDict = {"fitins.parameters": _array_record(arrays, legacy=True),
                    "fitins.config": objects.ConfigRecord({"server-round": 1})}
         self.reply_step(step, "train", content, check_legacy_fit(arrays), refusal_allowed=True)
 
     def _legacy_evaluate(self, step: str) -> None:
-        content = {"evaluateins.parameters": _array_record(_model((3, 2), (4,)), legacy=True),
+        content: objects.RecordDict = {"evaluateins.parameters": _array_record(_model((3, 2), (4,)), legacy=True),
                    "evaluateins.config": objects.ConfigRecord({"server-round": 1})}
         self.reply_step(step, "evaluate", content, check_legacy_evaluate, refusal_allowed=True)
 
     def _legacy_get_parameters(self, step: str) -> None:
-        content = {"getparametersins.config": objects.ConfigRecord({})}
+        content: objects.RecordDict = {"getparametersins.config": objects.ConfigRecord({})}
         self.reply_step(step, "get_parameters", content, check_legacy_parameters, refusal_allowed=True)
 
     def _legacy_get_properties(self, step: str) -> None:
-        content = {"getpropertiesins.config": objects.ConfigRecord({"server-round": 1})}
+        content: objects.RecordDict = {"getpropertiesins.config": objects.ConfigRecord({"server-round": 1})}
         self.reply_step(step, "get_properties", content, check_legacy_properties, refusal_allowed=True)
 
     # ---- cadence: heartbeats and polls
@@ -935,11 +936,11 @@ class Script:
                                  or (self.node is not None and self.node.exit_code() is not None), window)
         finally:
             self.leaving = False
-        exited = self.node is not None and self.node.exit_code() is not None
-        if exited and len(self.link.registrations) == registered_before:
-            self.record(step, False, f"the node exited with code {self.node.exit_code()} after the 401 "
+        node = self.node
+        if node is not None and node.exit_code() is not None and len(self.link.registrations) == registered_before:
+            self.record(step, False, f"the node exited with code {node.exit_code()} after the 401 "
                                      "instead of registering again")
-            self.node.start()
+            node.start()
             self.wait_for(lambda: self.link.node_id and self.link.key_of_node.get(self.link.node_id) != key,
                           self.timeout)
             return
@@ -969,10 +970,10 @@ class Script:
         with self.link.changed:
             first_call = len(self.link.calls)
         self.leaving = True
-        self.node.terminate()
-        code = self.wait_for(lambda: self.node.exit_code() is not None, EXIT_GRACE)
-        if not code and self.node.exit_code() is None:
-            self.node.kill()
+        node = self.node
+        node.terminate()
+        if not self.wait_for(lambda: node.exit_code() is not None, EXIT_GRACE):
+            node.kill()
             self.record(step, False, f"still running {EXIT_GRACE:g} s after SIGTERM (killed)")
             return
         with self.link.changed:
@@ -982,7 +983,7 @@ class Script:
             seen = ", ".join(leaving) or "neither DeactivateNode nor UnregisterNode"
             self.record(step, False, f"after SIGTERM: {seen}; expected DeactivateNode, UnregisterNode")
             return
-        self.record(step, True, f"DeactivateNode, UnregisterNode, exit code {self.node.exit_code()}")
+        self.record(step, True, f"DeactivateNode, UnregisterNode, exit code {node.exit_code()}")
 
     # ---- graded over the whole run
 
