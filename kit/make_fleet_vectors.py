@@ -350,9 +350,11 @@ def signature_vectors() -> dict[str, Any]:
     flipped = good[:-1] + bytes([good[-1] ^ 1])
     cases = []
 
-    def case(name: str, verifies: bool, why: str, key: VectorKey, text: str, signature: bytes) -> None:
-        cases.append({"name": name, "verifies": verifies, "why": why, "public_key": key.curve, "timestamp": text,
-                      "signature": signature.hex(), "http_headers": http_headers(key.public_key_pem, text, signature),
+    def case(name: str, verifies: bool, why: str, key: VectorKey, text: str, signature: bytes,
+             accepted: bool | None = None) -> None:
+        cases.append({"name": name, "verifies": verifies, "accepted": verifies if accepted is None else accepted,
+                      "why": why, "public_key": key.curve, "timestamp": text, "signature": signature.hex(),
+                      "http_headers": http_headers(key.public_key_pem, text, signature),
                       "grpc_metadata": grpc_metadata(key.public_key_pem, text, signature)})
 
     case("secp384r1", True, "the curve flwr's SuperNode uses; 6-digit fraction", p384, sent, good)
@@ -361,6 +363,12 @@ def signature_vectors() -> dict[str, Any]:
     case("secp384r1_milliseconds", True, "a 3-digit fraction", p384, milliseconds, sign(p384, milliseconds))
     whole = timestamp(SIGNED_AT.replace(microsecond=0))
     case("secp256r1_whole_seconds", True, "no fraction", p256, whole, sign(p256, whole))
+    zulu = sent.replace("+00:00", "Z")
+    case("z_suffix", True, "accepted by flwr 1.42 (Python >= 3.11) only: SuperLinks on Python 3.9/3.10 cannot "
+         "parse Z; write +00:00", p384, zulu, sign(p384, zulu))
+    naive = sent.removesuffix("+00:00")
+    case("no_offset", True, "a valid signature, but a time without offset cannot be compared with the SuperLink's "
+         "UTC clock (TypeError): refused", p384, naive, sign(p384, naive), accepted=False)
     case("flipped_bit", False, "the DER signature's last byte XOR 1", p384, sent, flipped)
     case("edited_timestamp", False, f"signed {sent}, sent one second later", p384, later, good)
     case("other_key", False, "signed with the P-256 key, the P-384 public key sent", p384, sent, sign(p256, sent))
@@ -387,6 +395,8 @@ def signature_vectors() -> dict[str, Any]:
         },
         "conventions": {
             "signature": "hex of the bytes sent as the signature",
+            "verifies": "the signature is valid for the public key and the timestamp's ASCII bytes",
+            "accepted": "flwr 1.42's SuperLink accepts the headers one second after the timestamp",
             "grpc_metadata": "[key, value] pairs; a -bin key's value as the hex of its raw bytes",
             "window": "the SuperLink accepts the request when -5 < now - timestamp < 305 (seconds, both bounds "
                       "excluded); each entry: a 'now' for the secp384r1 case's timestamp and the verdict",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import http.client
 import json
 import signal
 import time
@@ -53,10 +54,15 @@ from fedproto.kit.make_fleet_vectors import (
     RPC_MANIFEST,
     SIGNATURES,
     TRAINED,
+    VectorKey,
     build_vectors,
+    http_headers,
+    sign,
+    timestamp,
     write_vectors,
 )
 from fedproto.node import RPCS
+from fedproto.node_pb2 import Node
 from fedproto.objects import ConfigRecord, deflate_message
 
 RPC_DATA = json.loads((DEFAULT_DIR / RPC_MANIFEST).read_text(encoding="utf-8"))
@@ -73,7 +79,11 @@ def vector_bytes(side: dict) -> bytes:
 
 
 def at(text: str, seconds: float = 0.0) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text) + datetime.timedelta(seconds=seconds)
+    """The UTC instant of a timestamp, plus ``seconds`` (a time without offset taken as UTC)."""
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment + datetime.timedelta(seconds=seconds)
 
 
 class LinkState:
@@ -121,8 +131,11 @@ def flwr_interceptor_serves(metadata: list[list[str]], method: str, request, now
     interceptor = node_auth_server_interceptor.NodeAuthServerInterceptor(
         state_factory=types.SimpleNamespace(state=lambda: KNOWN_NODE))
     details = types.SimpleNamespace(method=method, invocation_metadata=pairs)
-    handler = interceptor.intercept_service(
-        lambda _details: grpc.unary_unary_rpc_method_handler(lambda _request, _context: "served"), details)
+    try:
+        handler = interceptor.intercept_service(
+            lambda _details: grpc.unary_unary_rpc_method_handler(lambda _request, _context: "served"), details)
+    except TypeError:  # a timestamp without offset: the gRPC server answers UNKNOWN
+        return False
     try:
         return handler.unary_unary(request, AbortContext()) == "served"
     except Aborted:
@@ -260,9 +273,9 @@ def test_signature_cases_are_judged_so_by_flwr(case, monkeypatch):
     assert verify_signature(bytes_to_public_key(pem), case["timestamp"].encode("ascii"),
                             bytes.fromhex(case["signature"])) is case["verifies"]
     register = flwr_fleet_pb2.RegisterNodeFleetRequest(public_key=pem)
-    assert flwr_authenticates(headers, register, at(case["timestamp"], 1), monkeypatch) is case["verifies"]
+    assert flwr_authenticates(headers, register, at(case["timestamp"], 1), monkeypatch) is case["accepted"]
     assert flwr_interceptor_serves(case["grpc_metadata"], "/flwr.proto.Fleet/RegisterNode", register,
-                                   at(case["timestamp"], 1), monkeypatch) is case["verifies"]
+                                   at(case["timestamp"], 1), monkeypatch) is case["accepted"]
 
 
 @pytest.mark.parametrize("check", SIGNATURE_DATA["window"]["checks"], ids=lambda c: f"age {c['age']}")
@@ -367,3 +380,49 @@ def test_a_real_superlink_takes_both_vector_keys(superlink_harness, tmp_path):
                                                          "unregister-node")}
     assert calls == dict.fromkeys(calls, 2), harness.logs()
     assert '" 401' not in harness.superlink.log() and "refused" not in harness.logs(), harness.logs()
+
+
+def post(harness, path: str, request, key_pem: str) -> tuple[int, bytes]:
+    """One Fleet call over HTTP, signed now with a vector key (the kit's own signing helpers)."""
+    private_key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+    key = VectorKey(private_key.curve.name, private_key, private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    text = timestamp(datetime.datetime.now(tz=datetime.timezone.utc))
+    connection = http.client.HTTPConnection("127.0.0.1", harness.port, timeout=10)
+    try:
+        connection.request("POST", path, request.SerializeToString(),
+                           http_headers(key.public_key_pem, text, sign(key, text)))
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_requests_a_real_superlink_answers_500_every_time(superlink_harness):
+    """PROTOCOL.md §13: errors that look temporary (HTTP 500) but come back on every retry."""
+    harness = superlink_harness()
+    harness.start_superlink()
+    key_pem = SIGNATURE_DATA["keys"]["secp256r1"]["private_key_pem"]
+    public_pem = SIGNATURE_DATA["keys"]["secp256r1"]["public_key_pem"].encode("ascii")
+    status, body = post(harness, RPCS["RegisterNode"].http_path,
+                        RPCS["RegisterNode"].request_type(public_key=public_pem), key_pem)
+    assert status == 200, body
+    node_id = RPCS["RegisterNode"].response_type.FromString(body).node_id
+    activate = RPCS["ActivateNode"].request_type(public_key=public_pem, heartbeat_interval=30)
+    assert post(harness, RPCS["ActivateNode"].http_path, activate, key_pem)[0] == 200
+    node = Node(node_id=node_id)
+
+    without_content = RPCS["PushMessages"].request_type.FromString(
+        vector_bytes(exchange_named("PushMessages")["request"]))
+    without_content.node.node_id = node_id
+    without_content.messages_list[0].ClearField("content")
+    no_message = RPCS["PushMessages"].request_type(node=node)
+    unknown_run = RPCS["PullObject"].request_type(node=node, run_id=12_345, object_id="0" * 64)
+    internal_error = (500, b'{"detail":"Internal server error."}')
+    for rpc, request in (("PushMessages", without_content), ("PushMessages", no_message), ("PullObject", unknown_run)):
+        for _attempt in range(2):
+            assert post(harness, RPCS[rpc].http_path, request, key_pem) == internal_error, harness.logs()
+    too_fast = RPCS["SendNodeHeartbeat"].request_type(node=node, heartbeat_interval=5)
+    assert post(harness, RPCS["SendNodeHeartbeat"].http_path, too_fast, key_pem) == (
+        400, b'{"code":2003,"detail":"Invalid heartbeat interval."}')
