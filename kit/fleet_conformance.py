@@ -506,6 +506,7 @@ class HttpFront:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as flower-superlink (uvicorn)
             timeout = 60  # seconds one read may stall before the connection is dropped
+            disable_nagle_algorithm = True  # headers and body go in two writes: do not hold the body back
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 rpc = HTTP_PATHS.get(self.path)
