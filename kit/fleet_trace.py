@@ -66,7 +66,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from fedproto.client.fleet import CallClock, CallLimits, SlicedSocket, Unreachable
+from fedproto.client.fleet import KEEPALIVE_IDLE, CallClock, CallLimits, SlicedSocket, Unreachable
 from fedproto.errors import FedprotoError
 from fedproto.fleet_pb2 import (
     PullMessagesResponse,
@@ -480,7 +480,7 @@ class FleetTracer:
                            set(response.objects_to_push))
             for oid, direction, content in crossed:
                 self._dump(oid, content)
-                self._collect(oid, direction, content)
+                self._collect(call.node_id, oid, direction, content)
 
     def _open(self, direction: str, node_id: int | None, trees: Any, to_push: set[str] | None) -> None:
         for tree in trees:
@@ -500,9 +500,10 @@ class FleetTracer:
             if not expected:  # the SuperLink held every object already
                 self._complete(key, crossing)
 
-    def _collect(self, oid: str, direction: str, content: bytes) -> None:
+    def _collect(self, node_id: int | None, oid: str, direction: str, content: bytes) -> None:
+        """An object crossed between ``node_id`` and the SuperLink: it counts for that node's messages."""
         for key, crossing in list(self.crossing.items()):
-            if crossing.direction != direction or oid not in crossing.tree_ids or oid in crossing.objects:
+            if key[:2] != (direction, node_id) or oid not in crossing.tree_ids or oid in crossing.objects:
                 continue
             if crossing.size + len(content) > self.max_message_length:
                 del self.crossing[key]
@@ -558,9 +559,12 @@ class HttpUpstream:
         self.host, self.port, self.tls, self.max_length = host.strip("[]"), int(port), tls, max_length
         self.connection: http.client.HTTPConnection | None = None
         self.sock: SlicedSocket | None = None
+        self.last_used = 0.0
 
     def call(self, method: str, path: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
         """The whole response; raises Unreachable (or OSError, HTTPException) and closes the connection."""
+        if self.connection is not None and time.monotonic() - self.last_used > KEEPALIVE_IDLE:
+            self.close()  # the SuperLink may have closed it already (as our node, client/fleet.py)
         clock = CallClock(CALL_LIMITS, len(body), self.max_length, None)
         try:
             self._connect()
@@ -572,6 +576,7 @@ class HttpUpstream:
         except BaseException:
             self.close()
             raise
+        self.last_used = time.monotonic()
         return UpstreamResponse(response.status, response.reason, response.getheaders(), data)
 
     def _connect(self) -> None:
