@@ -24,6 +24,7 @@ import time
 import types
 
 import grpc
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi import HTTPException
@@ -426,3 +427,42 @@ def test_requests_a_real_superlink_answers_500_every_time(superlink_harness):
     too_fast = RPCS["SendNodeHeartbeat"].request_type(node=node, heartbeat_interval=5)
     assert post(harness, RPCS["SendNodeHeartbeat"].http_path, too_fast, key_pem) == (
         400, b'{"code":2003,"detail":"Invalid heartbeat interval."}')
+
+
+# ---------------------------------------------------------------------------- what interop needs
+
+
+def compact(objects: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
+    """The same message with every JSON body written compactly (no spaces): new bytes, new ids."""
+    renamed: dict[str, str] = {}
+    result: dict[str, bytes] = {}
+    for oid, content in objects.items():  # push order: children first
+        header, _, body = content.partition(b"\x00")
+        type_name, children, _ = header.decode("ascii").split(" ")
+        children = ",".join(renamed[child] for child in children.split(",") if child)
+        if type_name in ("RecordDict", "ArrayRecord", "Array"):
+            value = json.loads(body)
+            if type_name != "Array":
+                value = {name: renamed[child] for name, child in value.items()}
+            body = json.dumps(value, separators=(",", ":")).encode()
+        new = f"{type_name} {children} {len(body)}".encode() + b"\x00" + body
+        renamed[oid] = hashlib.sha256(new).hexdigest()
+        result[renamed[oid]] = new
+    return renamed[next(reversed(objects))], result
+
+
+def test_flwr_takes_objects_whose_only_rule_kept_is_the_hash():
+    """PROTOCOL.md §16: a SuperLink and its ServerApp check each id against the bytes and parse the JSON,
+    they do not compare with json.dumps' layout; compact JSON (other bytes, other ids) reads the same."""
+    from flwr.supercore.inflatable.inflatable_utils import validate_object_content
+
+    vector = VECTORS["train_reply"]
+    deflated = deflate_message(vector.metadata, vector.content)
+    root, objects = compact(deflated.objects)
+    assert root != deflated.message_id and b'{"arrays":"' in b"".join(objects.values())
+    for content in objects.values():
+        validate_object_content(content)  # what the SuperLink checks before storing an object
+    message = inflate_object_from_contents(root, dict(objects), keep_object_contents=True)
+    assert dict(message.content["metrics"]) == dict(vector.content["metrics"])
+    for key, array in vector.content["arrays"].items():
+        np.testing.assert_array_equal(message.content["arrays"][key].numpy(), array.to_numpy())
