@@ -326,8 +326,8 @@ class FleetTracer:
     """What both transports share: parse, log, collect objects, inject faults. Thread-safe."""
 
     def __init__(self, faults: Faults, trace_log: TraceLog, max_message_length: int,
-                 dump_dir: Path | None) -> None:
-        self.faults, self.log = faults, trace_log
+                 dump_dir: Path | None, grpc: bool = False) -> None:
+        self.faults, self.log, self.grpc = faults, trace_log, grpc
         self.max_message_length, self.dump_dir = max_message_length, dump_dir
         self.lock = threading.Lock()
         self.crossing: dict[tuple[str, int | None, str], Crossing] = {}  # (direction, node, message id)
@@ -399,7 +399,11 @@ class FleetTracer:
             response = self._pulled_object_faults(call, parsed, response)
         if ok and self.faults.fire("cut", self.faults.cut_responses, call.rpc):
             call.cut = True
-            call.faults.append(f"cut: {len(response) // 2} of {len(response)} bytes sent, then closed")
+            if self.grpc:  # a unary gRPC answer cannot arrive in part: the call fails instead
+                status = "UNAVAILABLE"
+                call.faults.append(f"cut: the call ends UNAVAILABLE instead of its {len(response)}-byte answer")
+            else:
+                call.faults.append(f"cut: {len(response) // 2} of {len(response)} bytes sent, then closed")
         record = {"kind": "call", "node_id": call.node_id, "rpc": call.rpc, "request_bytes": call.request_bytes,
                   "response_bytes": len(response), "status": status, "rtt_ms": round(rtt_ms, 3), **call.record}
         crossed: list[tuple[str, str, bytes]] = []
@@ -408,7 +412,10 @@ class FleetTracer:
             record["fault"] = "; ".join(call.faults)
         self.log.write(record, format_line)
         if ok and not call.cut:
-            self._track(call, parsed, crossed)
+            try:
+                self._track(call, parsed, crossed)
+            except Exception as error:  # a tracing defect must not stop the forwarding: one line, go on
+                self.event(f"{call.rpc}: not traced: {type(error).__name__}: {error}", call.node_id)
         return response, call.cut
 
     def _pulled_object_faults(self, call: Call, parsed: PullObjectResponse, response: bytes) -> bytes:
@@ -624,6 +631,11 @@ class FleetHttpServer(http.server.ThreadingHTTPServer):
                  upstream_tls: ssl.SSLContext | None, listen_tls: ssl.SSLContext | None) -> None:
         super().__init__(listen, FleetHttpHandler)
         self.tracer, self.upstream, self.upstream_tls, self.listen_tls = tracer, upstream, upstream_tls, listen_tls
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line instead of socketserver's traceback; the server goes on."""
+        error = sys.exc_info()[1]
+        self.tracer.event(f"connection from {client_address[0]}: {type(error).__name__}: {error}")
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, peer = super().get_request()
@@ -870,7 +882,7 @@ def _rpc_name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fedproto-trace --fleet",
+        prog="fedproto-trace",
         description="Relay the Fleet API between nodes and a flower-superlink, logging every call and message.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -918,7 +930,8 @@ def main(argv: list[str] | None = None, console: TextIO = sys.stdout) -> int:
         certificates = tuple(path.read_bytes() for path in args.certificates) if args.certificates else None
         if args.dump_objects is not None:
             os.makedirs(args.dump_objects, exist_ok=True)
-        tracer = FleetTracer(faults, TraceLog(console, args.jsonl), args.max_message_length, args.dump_objects)
+        tracer = FleetTracer(faults, TraceLog(console, args.jsonl), args.max_message_length, args.dump_objects,
+                             grpc=args.fleet_transport == "grpc-rere")
         if args.fleet_transport == "grpc-rere":
             serve_grpc(args.listen, tracer, args.upstream, root, certificates)  # type: ignore[arg-type]
         else:

@@ -198,15 +198,19 @@ def test_delayed_call_cut_response_and_bounded_message_memory(superlink_harness,
     assert [(m["direction"], m["message_type"]) for m in shown] == [("N->SL", "evaluate")]
 
 
-def test_grpc_rere_run_through_the_relay(superlink_harness, tmp_path):
+def test_grpc_rere_run_through_the_relay_with_a_cut_answer(superlink_harness, tmp_path):
     harness = superlink_harness(grpc_fleet=True)
     harness.start_superlink()
     jsonl = tmp_path / "fleet.jsonl"
-    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), transport="grpc-rere")
+    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--cut-response", "PullObject",
+                                         "--fault-times", "1", transport="grpc-rere")
     node = our_node(harness, 0, relay, transport="grpc-rere")
     one_node_run(harness, tmp_path, "grpc")
     assert stop_node(harness, node) == 0
-    assert {c["status"] for c in calls(jsonl)} == {"OK"}
+    # The cut answer: the call ended UNAVAILABLE, the node asked again.
+    [cut] = [c for c in calls(jsonl) if c["status"] != "OK"]
+    assert (cut["rpc"], cut["status"]) == ("PullObject", "UNAVAILABLE") and "cut" in cut["fault"]
+    assert [c["object_id"] for c in calls(jsonl, "PullObject")].count(cut["object_id"]) == 2
     assert {"RegisterNode", "PullObject", "PushObject", "UnregisterNode"} <= {c["rpc"] for c in calls(jsonl)}
     assert sorted(m["message_type"] for m in messages(jsonl)) == ["evaluate", "evaluate", "train", "train"]
 
