@@ -4,7 +4,7 @@ Each test starts `flower-superlink`, the relay in front of its Fleet API, nodes 
 relay (ours, and flwr's `flower-supernode`), and `flwr run` of examples/superlink_app (message-API
 FedAvg). The relay's --jsonl records are what the assertions read; its console is in its log.
 The hostile-peer test puts the relay between raw sockets and a small fake SuperLink that answers
-what no SuperLink should.
+what no SuperLink should; the last tests build message lines from objects directly.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedproto.error_pb2 import Error
 from fedproto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
-from fedproto.message_pb2 import Message, ObjectTree, PullObjectRequest, PullObjectResponse
+from fedproto.kit.fleet_trace import describe_message, format_line
+from fedproto.message_pb2 import Message, Metadata, ObjectTree, PullObjectRequest, PullObjectResponse
+from fedproto.objects import Array, ArrayRecord, ConfigRecord, MetricRecord, deflate_message
 from superlink_harness import EXAMPLE_APP, Harness, Process, free_port, wait_listening
 from test_fleet_interop import APP, NODE_ARGS, assert_arrays_equal, run, stop_node, train_clients
 
@@ -338,3 +341,42 @@ def test_hostile_peers_get_one_bounded_line_each_and_the_relay_goes_on(spawn, tm
     assert "cut off after 5 of 100 bytes" in by_rpc["SendNodeHeartbeat"]["response_error"]
     assert by_rpc["PushMessages"]["response_error"] == "not a valid protobuf message"
     assert by_rpc["PullObject"]["object_error"].startswith("content hashes to")
+
+
+# --------------------------------------------------------------------------- message lines
+
+
+def message_line(content=None, error=None) -> tuple[dict, str]:
+    """The relay's record and console line for one message, built as a node would push it."""
+    metadata = Metadata(run_id=7, message_type="query" + EVIL, group_id="g", ttl=60.0, created_at=1.0,
+                        reply_to_message_id="ab" * 32)
+    deflated = deflate_message(metadata, content, error)
+    record = {"kind": "message", "elapsed_s": 1.0, "node_id": 3, "direction": "N->SL", "message_id": "x",
+              "objects": len(deflated.objects), "object_bytes": 0,
+              **describe_message(deflated.object_tree, deflated.objects)}
+    return record, format_line(record)
+
+
+def test_message_line_shows_every_value_kind_bounded_and_escaped():
+    config = ConfigRecord({"text": EVIL + "y" * 5000, "blob": b"\x00\xff" * 1000, "flag": True, "n": -3,
+                           "x": 0.5, "many": list(range(100)), EVIL: "key"})
+    arrays = ArrayRecord({"w": Array.from_numpy(np.arange(12, dtype=np.float32).reshape(3, 4)),
+                          "i": Array.from_numpy(np.array([3, 4], dtype=np.int64))})
+    record, line = message_line({"arrays": arrays, "config": config, "metrics": MetricRecord({"loss": 0.25})})
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line and len(line) < 2000
+    assert record["message_type"].startswith("query\\r\\n\\x1b") and record["reply_to"] == "ab" * 6
+    shown = record["content"]["arrays"]["arrays"]
+    assert shown["w"] == {"dtype": "float32", "shape": [3, 4], "norm": pytest.approx(np.linalg.norm(np.arange(12))),
+                          "first": [0.0, 1.0, 2.0, 3.0]}
+    assert shown["i"]["first"] == [3, 4]
+    values = record["content"]["config"]["values"]
+    assert values["text"].endswith("more chars)") and values["blob"].startswith("bytes[2000]:00ff")
+    assert values["many"][-1] == "... (92 more)" and (values["flag"], values["n"], values["x"]) == (True, -3, 0.5)
+    assert "w: float32(3, 4) |x|=22.49" in line and "metrics={loss=0.25}" in line
+    json.dumps(record)  # --jsonl writes it as it is
+
+
+def test_message_line_shows_an_error_reply():
+    record, line = message_line(error=Error(code=2, reason="handler raised" + EVIL))
+    assert record["message_error"] == {"code": 2, "reason": "handler raised\\r\\n\\x1b[31mforged line\\u202e"}
+    assert "error=2 (" in line and "\x1b" not in line
