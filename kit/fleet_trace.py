@@ -463,7 +463,8 @@ class FleetTracer:
             record["object_id"], record["object_type"] = short(request.object_id), object_type(request.object_content)
             if isinstance(response, PushObjectResponse):
                 record["stored"] = response.stored
-                crossed.append((request.object_id, TO_SUPERLINK, request.object_content))
+                if call.answer is None:  # forwarded, not dropped
+                    crossed.append((request.object_id, TO_SUPERLINK, request.object_content))
         if isinstance(response, PullMessagesResponse):
             record["messages"] = [short(m.metadata.message_id) for m in response.messages_list[:8]]
         if isinstance(request, PushMessagesRequest):
