@@ -475,7 +475,7 @@ class FleetTracer:
             try:
                 check_object(oid, content)
             except ObjectError as error:
-                record["object_error"] = bound_text(error.reason, 200)
+                record["object_error"] = call.record["object_error"] = bound_text(error.reason, 200)
 
     # --- messages and their objects
 
@@ -487,10 +487,13 @@ class FleetTracer:
                 self._open(TO_SUPERLINK, call.node_id, call.parsed.message_object_trees,
                            set(response.objects_to_push))
             for oid, direction, content in crossed:
-                self._dump(oid, content)
+                if "object_error" not in call.record:  # a file is named by the hash of what it holds
+                    self._dump(oid, content)
                 self._collect(call.node_id, oid, direction, content)
 
     def _open(self, direction: str, node_id: int | None, trees: Any, to_push: set[str] | None) -> None:
+        for stale in [key for key in self.crossing if key[:2] == (direction, node_id)]:  # one message at a time
+            self._give_up(self.crossing.pop(stale), "superseded before all its objects crossed")
         for tree in trees:
             try:
                 ids = frozenset(tree_object_ids(tree))
@@ -499,8 +502,6 @@ class FleetTracer:
                            node_id)
                 continue
             key = (direction, node_id, tree.object_id)
-            for stale in [k for k, c in self.crossing.items() if k[:2] == key[:2]]:  # a node works on one at a time
-                self._give_up(self.crossing.pop(stale), "superseded before all its objects crossed")
             if len(self.crossing) >= MAX_CROSSING:
                 self._give_up(self.crossing.pop(next(iter(self.crossing))), f"over {MAX_CROSSING} messages at once")
             expected = set(ids) if to_push is None else set(ids & to_push)
@@ -541,7 +542,7 @@ class FleetTracer:
                    f"({len(crossing.objects)} of {len(crossing.tree_ids)} objects crossed)", crossing.node_id)
 
     def _dump(self, oid: str, content: bytes) -> None:
-        if self.dump_dir is None or not is_object_id(oid):  # only 64 hex digits become a file name
+        if self.dump_dir is None or not is_object_id(oid):  # only 64 hex digits ever become a file name
             return
         path = self.dump_dir / oid
         if not path.exists():

@@ -141,8 +141,9 @@ def test_corrupted_object_is_refused_by_the_node_and_logged(superlink_harness, t
     harness = superlink_harness()
     harness.start_superlink()
     jsonl = tmp_path / "fleet.jsonl"
+    dump = tmp_path / "objects"
     relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--corrupt-object", "ArrayChunk",
-                                         "--fault-times", "1")
+                                         "--fault-times", "1", "--dump-objects", str(dump))
     node = our_node(harness, 0, relay)
     harness.start_run("corrupted", run_config={"min-nodes": 1, "num-rounds": 1, "poll-interval": 0.2})
     assert node.wait(60) == 1, harness.logs()
@@ -150,6 +151,10 @@ def test_corrupted_object_is_refused_by_the_node_and_logged(superlink_harness, t
     assert corrupted["object_type"] == "ArrayChunk" and "corrupted ArrayChunk" in corrupted["fault"]
     assert corrupted["object_error"].startswith("content hashes to ")
     assert "PullObject: object" in node.log() and "content hashes to" in node.log()
+    # What is dumped is named by its hash: the corrupted chunk is not written, the objects before it are.
+    dumped = {p.name: p.read_bytes() for p in dump.iterdir()}
+    assert dumped and all(hashlib.sha256(data).hexdigest() == name for name, data in dumped.items())
+    assert not any(name.startswith(corrupted["object_id"]) for name in dumped)
 
 
 def test_dropped_object_costs_that_node_its_round(superlink_harness, tmp_path):
