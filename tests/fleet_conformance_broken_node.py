@@ -65,12 +65,22 @@ def long_ttl() -> None:
     fleet_content.build_reply = longer
 
 
+def float32_only() -> None:
+    """Every array of a reply is cast to float32: a wrong answer to a dtype the port does not support."""
+    from_numpy = objects.Array.from_numpy.__func__
+
+    def as_float32(cls, ndarray, field="array"):
+        return from_numpy(cls, ndarray.astype("float32"), field)
+
+    objects.Array.from_numpy = classmethod(as_float32)
+
+
 def exit_on_sigterm() -> None:
     """SIGTERM ends the process at once, without DeactivateNode or UnregisterNode."""
     NodeSession.stop = lambda self, now: os._exit(0)
 
 
-DEFECTS = {f.__name__: f for f in (wrong_hash, no_heartbeat, unsigned, long_ttl, exit_on_sigterm)}
+DEFECTS = {f.__name__: f for f in (wrong_hash, no_heartbeat, unsigned, long_ttl, float32_only, exit_on_sigterm)}
 
 if __name__ == "__main__":
     DEFECTS[sys.argv[1]]()

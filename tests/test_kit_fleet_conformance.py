@@ -25,13 +25,16 @@ EXAMPLE_APP = ROOT / "examples" / "superlink_app"
 FAST_NODE = ["--app", "superlink_app.handlers:make_client", "--heartbeat-interval", "10", "--poll-interval", "0.2"]
 
 
-def run_runner(spawn, node_command, *runner_args, env=None, timeout=120):
+def run_runner(spawn, node_command, *runner_args, env=None, timeout=120, node_by_hand=False):
     """The runner, starting ``node_command(address)``; returns (exit code, {step: (result, detail)}, its log)."""
     address = f"127.0.0.1:{free_port()}"
     env = {"PYTHONPATH": os.pathsep.join([str(EXAMPLE_APP), os.environ.get("PYTHONPATH", "")]), "FLEET_CLIENT": "0",
            **(env or {})}
+    command = ["--", *node_command(address)] if not node_by_hand else []
     runner = spawn("fleet_conformance", "-m", "fedproto.kit.conformance", "--fleet", "--address", address,
-                   "--timeout", "20", *runner_args, "--", *node_command(address), env=env)
+                   "--timeout", "20", *runner_args, *command, env=env)
+    if node_by_hand:
+        spawn("node", *node_command(address)[1:], env=env)
     code = runner.wait(timeout=timeout)
     rows = {}
     for line in runner.log().splitlines():
@@ -72,6 +75,14 @@ def test_our_node_passes_every_step(spawn, tmp_path, transport):
     assert saved["passed"] is True and [s["name"] for s in saved["steps"]][:2] == ["register", "signatures"]
 
 
+def test_a_node_started_by_hand_gets_every_step_but_sigterm(spawn):
+    code, rows, log = run_runner(spawn, our_node(), "--only", "train", "--only", "sigterm", node_by_hand=True)
+    assert code == 0, log[-6000:]
+    assert rows["train"][0] == "PASS"
+    assert rows["sigterm"] == ("SKIP", "not run: the runner did not start the node (-- NODE COMMAND)")
+    assert rows["heartbeat"] == ("SKIP", "skipped (--only)")
+
+
 def test_flwr_supernode_passes_every_required_step_but_re_registration(spawn, tmp_path):
     """flwr 1.42's own SuperNode, running examples/superlink_app's ClientApp from the FAB the runner serves.
 
@@ -110,6 +121,8 @@ UNREADABLE_REPLIES = {"train", "evaluate", "big_model", "unservable", "query", "
     ("no_heartbeat", "heartbeat", "no heartbeat for", set()),
     ("unsigned", "signatures", "no signature header", set()),
     ("long_ttl", "reply_metadata", "created_at + ttl ends 100.0", set()),
+    # A Message.error would be a valid refusal of other dtypes; a reply in the wrong dtype is not.
+    ("float32_only", "other_dtypes", "0: float32(3, 2) returned, float64(3, 2) sent", set()),
     ("exit_on_sigterm", "sigterm", "after SIGTERM: neither DeactivateNode nor UnregisterNode", set()),
 ])
 def test_a_broken_node_fails_at_the_step_named_for_its_defect(spawn, defect, step, detail, also_failing):
