@@ -130,6 +130,7 @@ POLL_FLOOR = 0.1
 DELIVERY_SLACK = 5.0  # seconds added to the announced interval when waiting for a poll
 REREGISTER_SLACK = 10.0
 EXIT_GRACE = 10.0  # seconds a node has to exit after SIGTERM
+MAX_STARTS = 10  # a node the runner starts that keeps dying is given up after this many starts
 BIG_MODEL_ELEMENTS = 1_600_000  # float32: 6.4 MB of .npy, two 5 MiB chunks
 # A well-formed type ("<category>.<action>", as flwr validates it) that no handler serves.
 UNSERVABLE_TYPE = "query.fedproto_conformance_unknown"
@@ -677,9 +678,15 @@ class Script:
 
     def _restart_if_dead(self) -> None:
         """A node the runner started that died is started again, so the next steps still get a verdict."""
-        if self.node is not None and self.node.exit_code() is not None and not self.leaving:
-            log.warning("the node exited with code %s; starting it again", self.node.exit_code())
-            self.node.start()
+        node = self.node
+        if node is None or node.exit_code() is None or self.leaving or self.gone:
+            return
+        if node.starts > MAX_STARTS:
+            self.gone = f"the node exited with code {node.exit_code()}, {node.starts} times"
+            log.warning("%s; not starting it again", self.gone)
+            return
+        log.warning("the node exited with code %s; starting it again", node.exit_code())
+        node.start()
 
     @property
     def interval(self) -> float:
@@ -705,10 +712,11 @@ class Script:
             elif self.wanted(name):
                 run_step(name)
         self._cadence()
-        if self.wanted("reregister"):
-            self._reregister("reregister")
-        if self.wanted("sigterm"):
-            self._sigterm("sigterm")
+        for name, run_step in (("reregister", self._reregister), ("sigterm", self._sigterm)):
+            if self.wanted(name) and self.gone:
+                self.record(name, False, f"not run: {self.gone}")
+            elif self.wanted(name):
+                run_step(name)
         self._grade_signatures()
         self._grade_exchanges()
 
@@ -717,7 +725,7 @@ class Script:
         if not activated:
             registered = self.link.registrations
             self.record(step, False, f"no ActivateNode within {self.timeout:g} s"
-                        + ("" if not registered else " (RegisterNode came)"))
+                        + ("" if not registered else " (RegisterNode came)") + (f"; {self.gone}" if self.gone else ""))
             return
         interval = self.interval
         low, high = HEARTBEAT_INTERVAL_RANGE
