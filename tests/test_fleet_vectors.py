@@ -249,6 +249,21 @@ def test_a_request_for_another_node_id_is_refused(monkeypatch):
     assert not flwr_authenticates(exchange["http_headers"], request, at(exchange["timestamp"]), monkeypatch)
 
 
+def test_fedproto_node_signs_as_the_vectors_show():
+    """fedproto's node (client/fleet.py NodeKey) with the vector key: the same header names, the same
+    public key header, a signature that verifies over its timestamp."""
+    from fedproto.client.fleet import NodeKey
+
+    node_key = NodeKey(SIGNATURE_DATA["keys"]["secp384r1"]["private_key_pem"].encode("ascii"))
+    vector = exchange_named("RegisterNode")
+    headers = node_key.http_headers()
+    assert set(headers) == set(vector["http_headers"]) - {"Content-Type", "Accept"}
+    assert headers["flwr-public-key"] == vector["http_headers"]["flwr-public-key"]
+    assert verify_signature(bytes_to_public_key(P384_PEM), headers["flwr-timestamp"].encode("ascii"),
+                            base64.b64decode(headers["flwr-signature"]))
+    assert [name for name, _ in node_key.grpc_metadata()] == [name for name, _ in vector["grpc_metadata"]]
+
+
 # ---------------------------------------------------------------------------- signatures
 
 
