@@ -22,6 +22,7 @@ import json
 import signal
 import time
 import types
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -481,3 +482,15 @@ def test_flwr_takes_objects_whose_only_rule_kept_is_the_hash():
     assert dict(message.content["metrics"]) == dict(vector.content["metrics"])
     for key, array in vector.content["arrays"].items():
         np.testing.assert_array_equal(message.content["arrays"][key].numpy(), array.to_numpy())
+
+
+def test_the_porters_checklist_maps_every_conformance_step_in_order():
+    """PROTOCOL.md §19 names the runner's steps as kit/fleet_conformance.py does, each once, in order."""
+    import re
+
+    from fedproto.kit.fleet_conformance import STEPS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    checklist = text[text.index("## 19. A Fleet porter's checklist"):]
+    rows = re.findall(r"^\| (\d+) \| `([a-z_]+)`", checklist, flags=re.MULTILINE)
+    assert rows == [(str(number), step.name) for number, step in enumerate(STEPS, 1)]
