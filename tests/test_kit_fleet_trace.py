@@ -206,12 +206,14 @@ def test_delayed_call_cut_response_and_bounded_message_memory(superlink_harness,
     assert [(m["direction"], m["message_type"]) for m in shown] == [("N->SL", "evaluate")]
 
 
-def test_grpc_rere_run_through_the_relay_with_a_cut_answer(superlink_harness, tmp_path):
-    harness = superlink_harness(grpc_fleet=True)
+def test_grpc_rere_run_through_the_relay_with_tls_and_a_cut_answer(superlink_harness, tls_files, tmp_path):
+    harness = superlink_harness(grpc_fleet=True, tls=tls_files)
     harness.start_superlink()
     jsonl = tmp_path / "fleet.jsonl"
-    relay, _ = harness.start_fleet_relay("relay", "--jsonl", str(jsonl), "--cut-response", "PullObject",
-                                         "--fault-times", "1", transport="grpc-rere")
+    relay, _ = harness.start_fleet_relay(
+        "relay", "--jsonl", str(jsonl), "--cut-response", "PullObject", "--fault-times", "1",
+        "--root-certificates", str(tls_files.ca),
+        "--certificates", str(tls_files.ca), str(tls_files.cert), str(tls_files.key), transport="grpc-rere")
     node = our_node(harness, 0, relay, transport="grpc-rere")
     one_node_run(harness, tmp_path, "grpc")
     assert stop_node(harness, node) == 0
@@ -223,7 +225,7 @@ def test_grpc_rere_run_through_the_relay_with_a_cut_answer(superlink_harness, tm
     assert sorted(m["message_type"] for m in messages(jsonl)) == ["evaluate", "evaluate", "train", "train"]
 
 
-def test_tls_on_both_sides(superlink_harness, tls_files, tmp_path):
+def test_http_tls_on_both_sides(superlink_harness, tls_files, tmp_path):
     harness = superlink_harness(tls=tls_files)
     harness.start_superlink()
     jsonl = tmp_path / "fleet.jsonl"
