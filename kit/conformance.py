@@ -72,12 +72,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
 
-from fedproto.codec import TENSOR_TYPE
+from fedproto.codec import TENSOR_TYPE, ScalarValue
 from fedproto.kit.make_vectors import EVERY_SCALAR
 from fedproto.server.endpoint import join_handler
 from fedproto.server_role import (
@@ -107,7 +107,8 @@ RECONNECT_SECONDS = 1
 NO_REJOIN_WINDOW = 2.0  # seconds we watch for an unwanted rejoin after ReconnectIns(seconds=0)
 REJOIN_TOLERANCE = 0.05  # seconds: timer granularity between the client's sleep and our clock
 
-ROUND_CONFIG = {"server_round": 1}  # what a FedAvg server sends with every FitIns
+ROUND_CONFIG: dict[str, ScalarValue] = {"server_round": 1}  # what a FedAvg server sends with every FitIns
+SCALAR_CONFIG = cast(dict[str, ScalarValue], EVERY_SCALAR)  # one value of every Scalar kind
 ZERO_SIZE_TENSORS = [np.zeros((0,), np.float32), np.zeros((2, 0, 3), np.float32)]
 
 ENDED = "client ended the stream instead of replying"  # one wording, however it ended
@@ -275,6 +276,18 @@ class Conformance:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    @property
+    def live(self) -> Stream:
+        """The stream the current step runs on (a step that talks runs only while there is one)."""
+        assert self.stream is not None, "a step runs on a stream"
+        return self.stream
+
+    @property
+    def held_model(self) -> list[np.ndarray]:
+        """The client's model (the model steps run only once GetParametersIns gave one)."""
+        assert self.model is not None, "model steps run only with a model"
+        return self.model
+
     def record(self, step: str, passed: bool, detail: str) -> None:
         result = "PASS" if passed else "FAIL"
         self.rows[step] = Row(step, result, detail)
@@ -316,12 +329,12 @@ class Conformance:
 
     async def _fit(self, step: str) -> None:
         await self._model_step(step, lambda: self._exchange(
-            step, encode_fit_ins(FitIns(self.model, ROUND_CONFIG), self.tensor_type), "fit_res",
+            step, encode_fit_ins(FitIns(self.held_model, ROUND_CONFIG), self.tensor_type), "fit_res",
             _check_fit(self.model, decline_allowed=False, min_examples=1)))
 
     async def _evaluate(self, step: str) -> None:
         await self._model_step(step, lambda: self._exchange(
-            step, encode_evaluate_ins(EvaluateIns(self.model), self.tensor_type), "evaluate_res",
+            step, encode_evaluate_ins(EvaluateIns(self.held_model), self.tensor_type), "evaluate_res",
             _check_evaluate(decline_allowed=False, min_examples=1)))
 
     async def _reconnect(self, step: str) -> None:
@@ -353,12 +366,12 @@ class Conformance:
                              self._check_same_model(expected))
 
     async def _get_properties(self, step: str) -> None:
-        await self._exchange(step, encode_get_properties_ins(EVERY_SCALAR), "get_properties_res",
+        await self._exchange(step, encode_get_properties_ins(SCALAR_CONFIG), "get_properties_res",
                              self._check_properties)
 
     async def _fit_every_scalar(self, step: str) -> None:
         await self._model_step(step, lambda: self._exchange(
-            step, encode_fit_ins(FitIns(self.model, EVERY_SCALAR), self.tensor_type), "fit_res",
+            step, encode_fit_ins(FitIns(self.held_model, SCALAR_CONFIG), self.tensor_type), "fit_res",
             _check_fit(self.model, decline_allowed=False, min_examples=1)))
 
     async def _fit_empty(self, step: str) -> None:
@@ -398,7 +411,7 @@ class Conformance:
     async def _exchange(self, step: str, message: bytes, reply_kind: str, check: Callable[[Any], str]) -> None:
         """Send one instruction, read one reply, record the check; if the stream ended, await a rejoin."""
         started = time.monotonic()
-        self.stream.send(message)
+        self.live.send(message)
         data = await self._read(step)
         elapsed_ms = (time.monotonic() - started) * 1000
         if data is None:
@@ -414,12 +427,12 @@ class Conformance:
     async def _read(self, step: str) -> bytes | None:
         """The next reply's bytes; None if the stream ended or stayed silent (both recorded)."""
         try:
-            data = await asyncio.wait_for(self.stream.replies.get(), self.timeout)
+            data = await asyncio.wait_for(self.live.replies.get(), self.timeout)
         except asyncio.TimeoutError:
             self.record(step, False, f"no reply within {self.timeout:g} s (the runner ended the stream)")
             self._drop_stream()
             return None
-        if data == ENDED:
+        if isinstance(data, str):  # ENDED
             self.record(step, False, ENDED)
             self._drop_stream()
             return None
@@ -441,13 +454,13 @@ class Conformance:
         """ReconnectIns(seconds): a stream that ends instead of DisconnectRes fails only this step."""
         self.stream_ended = False
         started = time.monotonic()
-        self.stream.send(encode_reconnect_ins(seconds))
+        self.live.send(encode_reconnect_ins(seconds))
         try:
-            data = await asyncio.wait_for(self.stream.replies.get(), self.timeout)
+            data = await asyncio.wait_for(self.live.replies.get(), self.timeout)
         except asyncio.TimeoutError:
             self.record(step, False, f"no reply within {self.timeout:g} s")
             return
-        if data == ENDED:
+        if isinstance(data, str):  # ENDED
             # It left without answering; it may still behave right afterwards, so keep going.
             self.stream_ended = True
             self.record(step, False, "client ended the stream without sending disconnect_res")
@@ -464,7 +477,7 @@ class Conformance:
             self.record(step, True, "stream ended by the client (no DisconnectRes sent)")
         else:
             try:
-                data = await asyncio.wait_for(self.stream.replies.get(), self.timeout)
+                data = await asyncio.wait_for(self.live.replies.get(), self.timeout)
             except asyncio.TimeoutError:
                 data = None
             if data == ENDED:
@@ -476,7 +489,7 @@ class Conformance:
         self._drop_stream()
 
     def _drop_stream(self) -> None:
-        self.stream.close()
+        self.live.close()
         self.stream = None
 
     async def _next_stream(self, seconds: float) -> Stream | None:
