@@ -346,6 +346,10 @@ class FleetLink:
             except NotServed as refused:
                 call.status = refused.status
                 raise
+            except Exception as error:  # a request no step foresaw: one line, answered 500, the run goes on
+                log.error("%s: cannot serve it: %s", rpc, bound_text(f"{type(error).__name__}: {error}"))
+                call.status = 500
+                raise NotServed(500, "the conformance runner cannot serve this request") from None
             finally:
                 self.changed.notify_all()
         return response.SerializeToString()
@@ -690,7 +694,11 @@ class Script:
 
     @property
     def interval(self) -> float:
-        return self.link.intervals.get(self.link.node_id, HEARTBEAT_INTERVAL_RANGE[0]) or HEARTBEAT_INTERVAL_RANGE[0]
+        """The heartbeat interval the node announced, within what a SuperLink accepts: the runner's waits
+        follow it, and an announced 1e300 or NaN (failed at step register) must not stall them."""
+        low, high = HEARTBEAT_INTERVAL_RANGE
+        announced = self.link.intervals.get(self.link.node_id, low)
+        return min(max(announced, low), high) if math.isfinite(announced) else low
 
     # ---- the run
 
@@ -727,7 +735,7 @@ class Script:
             self.record(step, False, f"no ActivateNode within {self.timeout:g} s"
                         + ("" if not registered else " (RegisterNode came)") + (f"; {self.gone}" if self.gone else ""))
             return
-        interval = self.interval
+        interval = self.link.intervals[self.link.node_id]
         low, high = HEARTBEAT_INTERVAL_RANGE
         if not low <= interval <= high:
             self.record(step, False, f"ActivateNode announces a heartbeat interval of {interval:g} s, "
