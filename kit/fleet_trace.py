@@ -713,7 +713,8 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
             return
         try:
             response = self.upstream.call(self.command, path, headers, call.request)
-        except (OSError, http.client.HTTPException, Unreachable) as error:
+        # ValueError: http.client refuses to send a header value the node sent (a line break in it).
+        except (OSError, http.client.HTTPException, Unreachable, ValueError) as error:
             call.record["response_error"] = bound_text(f"no whole answer: {type(error).__name__}: {error}")
             self.tracer.end(call, 502, b"")
             self._answer(502, "Bad Gateway", [("Content-Type", "text/plain")], b"fedproto-trace: no answer", None)
@@ -740,7 +741,8 @@ class FleetHttpHandler(http.server.BaseHTTPRequestHandler):
         cut = False
         if call is not None:
             body, cut = self.tracer.end(call, status, body)
-        self.send_response_only(status, reason)
+        # The SuperLink's reason phrase goes back only if it is plain text (no line break can ride on it).
+        self.send_response_only(status, reason if reason.isascii() and reason.isprintable() else None)
         for key, value in headers:
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))

@@ -260,6 +260,9 @@ class HostileSuperLink(http.server.ThreadingHTTPServer):
                 self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
                 self.close_connection = True
                 return
+            if self.path == "/v1/fleet/get-run":  # a reason phrase that would forge a header line
+                self.wfile.write(b"HTTP/1.1 200 O\rForged: yes\x1b\r\nContent-Length: 0\r\n\r\n")
+                return
             if self.path == "/v1/fleet/pull-messages":  # an object tree of no object ids
                 tree = ObjectTree(object_id="not an id" + EVIL, children=[ObjectTree(object_id="x" * 5000)])
                 body = PullMessagesResponse(messages_list=[Message()], message_object_trees=[tree])
@@ -289,6 +292,16 @@ def raw_exchange(address: str, data: bytes) -> bytes:
         while piece := sock.recv(65536):
             answer += piece
         return answer
+
+
+def post_raw(address: str, path: str, body: bytes) -> http.client.HTTPResponse:
+    host, port = address.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", path, body=body, headers={"Content-Type": "application/protobuf"})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
 
 
 def post(address: str, path: str, body: bytes) -> tuple[int, bytes]:
@@ -328,6 +341,9 @@ def test_hostile_peers_get_one_bounded_line_each_and_the_relay_goes_on(spawn, tm
         assert status == 200 and PullMessagesResponse.FromString(body).message_object_trees[0].object_id
         status, body = post(listen, "/v1/fleet/pull-object", PullObjectRequest(object_id="ab" * 32).SerializeToString())
         assert status == 200 and PullObjectResponse.FromString(body).object_content.startswith(b"Message")
+        # A reason phrase with CR and ESC goes back as the standard one: no forged header line.
+        forged = post_raw(listen, "/v1/fleet/get-run", node_request)
+        assert (forged.status, forged.reason, forged.getheader("Forged")) == (200, "OK", None)
         # A SuperLink that cuts its answer: the node gets 502, the relay goes on.
         assert post(listen, "/v1/fleet/send-node-heartbeat", node_request)[0] == 502
         assert post(listen, "/v1/fleet/push-messages", node_request)[0] == 200
