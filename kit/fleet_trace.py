@@ -599,6 +599,7 @@ class HttpUpstream:
             if self.sock is not None:
                 self.sock.close_socket()
             self.connection.connect()
+            assert self.connection.sock is not None  # connect() set it
             self.sock = SlicedSocket(self.connection.sock)
             self.connection.sock = self.sock
 
@@ -937,7 +938,7 @@ def main(argv: list[str] | None = None, console: TextIO = sys.stdout) -> int:
         tracer = FleetTracer(faults, TraceLog(console, args.jsonl), args.max_message_length, args.dump_objects,
                              grpc=args.fleet_transport == "grpc-rere")
         if args.fleet_transport == "grpc-rere":
-            serve_grpc(args.listen, tracer, args.upstream, root, certificates)  # type: ignore[arg-type]
+            serve_grpc(args.listen, tracer, args.upstream, root, certificates)
         else:
             upstream_tls = ssl.create_default_context(cadata=root.decode("ascii")) if root else None
             listen_tls = None

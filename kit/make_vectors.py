@@ -102,7 +102,7 @@ def _scalars(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return scalars_to_proto(values), {k: scalar_json(v) for k, v in values.items()}
 
 
-def _status(code: int, message: str) -> tuple[Status, dict[str, Any]]:
+def _status(code: Code, message: str) -> tuple[Status, dict[str, Any]]:
     return Status(code=code, message=message), {"code": Code.Name(code), "message": message}
 
 
@@ -141,7 +141,7 @@ def build_vectors() -> list[tuple[str, str, Any, dict[str, Any]]]:
 
     for reason in ("RECONNECT", "ACK"):
         add(f"client_disconnect_res_{reason.lower()}", f"DisconnectRes(reason={reason})",
-            ClientMessage(disconnect_res=ClientMessage.DisconnectRes(reason=Reason.Value(reason))),
+            ClientMessage(disconnect_res=ClientMessage.DisconnectRes(reason=reason)),
             {"reason": reason})
     ok, ok_json = _status(Code.OK, "Success")
     add("client_get_properties_res", "GetPropertiesRes, status OK, one property of every Scalar kind",

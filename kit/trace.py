@@ -41,10 +41,10 @@ import numpy as np
 from fedproto.codec import CodecError, read_npy_header, scalar_from_proto
 from fedproto.dispatch import parse_instruction
 from fedproto.errors import FedprotoError
+from fedproto.server.endpoint import join_handler
 from fedproto.server_role import enum_name, parse_reply
 from fedproto.transport_pb2 import Code, Reason
 from fedproto.wire import JOIN_METHOD, message_size_options
-from fedproto.server.endpoint import join_handler
 
 log = logging.getLogger("fedproto.trace")
 

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from conftest import ROOT, Proc, free_port
 
 ROW = re.compile(r"^\s*(\d+)  (.+?)\s+(PASS|FAIL|SKIP)\s+(.*)$")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from conftest import Proc, free_port
 
 ROUNDS = 2
