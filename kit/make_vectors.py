@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedproto.codec import TENSOR_TYPE, ndarray_to_bytes, scalars_to_proto
-from fedproto.transport_pb2 import ClientMessage, Code, Parameters, Reason, ServerMessage, Status
+from fedproto.transport_pb2 import ClientMessage, Code, Parameters, ServerMessage, Status
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "vectors"
 MANIFEST = "manifest.json"
