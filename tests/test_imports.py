@@ -33,6 +33,9 @@ MODULES = CORE + [
     "fedproto.kit.trace",
     "fedproto.kit.conformance",
     "fedproto.kit.make_vectors",
+    "fedproto.kit.fleet_trace",
+    "fedproto.kit.fleet_conformance",
+    "fedproto.kit.make_fleet_vectors",
 ]
 
 # Top-level packages that must stay out: TensorFlow (and its Keras) belong to the HAR model
