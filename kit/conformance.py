@@ -698,13 +698,15 @@ exit codes: 0 no check failed (skipped ones aside), 1 some check failed (named i
 """
 
 
-def step_name(text: str) -> str:
-    """argparse type: a step by number (1-16) or name."""
-    if text.isdigit() and 1 <= int(text) <= len(STEPS):
-        return STEP_NAMES[int(text) - 1]
-    if text in STEP_NAMES:
-        return text
-    raise argparse.ArgumentTypeError(f"no step {text!r}: use 1-{len(STEPS)} or one of {', '.join(STEP_NAMES)}")
+def step_type(names: list[str]) -> Callable[[str], str]:
+    """argparse type for --skip/--only: a step by number (1, 2, ...) or by one of ``names``."""
+    def step_name(text: str) -> str:
+        if text.isdigit() and 1 <= int(text) <= len(names):
+            return names[int(text) - 1]
+        if text in names:
+            return text
+        raise argparse.ArgumentTypeError(f"no step {text!r}: use 1-{len(names)} or one of {', '.join(names)}")
+    return step_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -721,9 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest wait for the client to join, for each reply, and for the client "
                              "to join again after it ended its stream (default: %(default)s)")
     choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--skip", type=step_name, action="append", default=[], metavar="STEP",
+    choice.add_argument("--skip", type=step_type(STEP_NAMES), action="append", default=[], metavar="STEP",
                         help="leave this step out (and the steps that need it); repeatable")
-    choice.add_argument("--only", type=step_name, action="append", default=[], metavar="STEP",
+    choice.add_argument("--only", type=step_type(STEP_NAMES), action="append", default=[], metavar="STEP",
                         help="run only this step, with join and the steps it needs; repeatable")
     parser.add_argument("--json", metavar="FILE", help="also write the verdicts to FILE as JSON (for CI)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

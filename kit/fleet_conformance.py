@@ -109,7 +109,7 @@ from fedproto.fleet_pb2 import (
     UnregisterNodeFleetResponse,
 )
 from fedproto.heartbeat_pb2 import SendNodeHeartbeatResponse
-from fedproto.kit.conformance import Row, Step, format_table, number, select, write_json
+from fedproto.kit.conformance import Row, Step, format_table, number, select, step_type, write_json
 from fedproto.message_pb2 import (
     ConfirmMessageReceivedResponse,
     Metadata,
@@ -1324,14 +1324,6 @@ exit codes: 0 no check failed (skipped ones aside), 1 some check failed (named i
 """
 
 
-def step_name(text: str) -> str:
-    if text.isdigit() and 1 <= int(text) <= len(STEPS):
-        return STEP_NAMES[int(text) - 1]
-    if text in STEP_NAMES:
-        return text
-    raise argparse.ArgumentTypeError(f"no step {text!r}: use 1-{len(STEPS)} or one of {', '.join(STEP_NAMES)}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedproto-conformance --fleet",
@@ -1351,9 +1343,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fab-dir", type=Path, metavar="APP_DIR",
                         help="serve GetRun/GetFab with a FAB of this flwr app (for flower-supernode)")
     choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--skip", type=step_name, action="append", default=[], metavar="STEP",
+    choice.add_argument("--skip", type=step_type(STEP_NAMES), action="append", default=[], metavar="STEP",
                         help="leave this step out (and the steps that need it); repeatable")
-    choice.add_argument("--only", type=step_name, action="append", default=[], metavar="STEP",
+    choice.add_argument("--only", type=step_type(STEP_NAMES), action="append", default=[], metavar="STEP",
                         help="run only this step, with register and the steps it needs; repeatable")
     parser.add_argument("--json", metavar="FILE", help="also write the verdicts to FILE as JSON (for CI)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
