@@ -111,7 +111,7 @@ int main(int argc, char **argv) {
     if (key == NULL) return EXIT_USAGE;
     char public_pem[1024];
     if (fp_key_public_pem(key, public_pem, sizeof public_pem) != 0) return EXIT_USAGE;
-    fp_config config = {public_pem, strlen(public_pem), heartbeat_interval, poll_interval, limits};
+    fp_config config = {public_pem, strlen(public_pem), heartbeat_interval, poll_interval, limits, key_path != NULL};
     size_t arena_size = fp_arena_required(&limits);
     void *arena = NULL;  /* a device: a static buffer */
     if (posix_memalign(&arena, 8, arena_size) != 0) arena = NULL;

@@ -51,6 +51,11 @@ typedef struct {
     double heartbeat_interval;    /* announced; the SuperLink accepts 10..1800 s */
     double poll_interval;         /* PullMessages while idle (flwr: 3 s) */
     fp_limits limits;
+    /* The key is kept across restarts (a blob in flash): flwr 1.42 never registers a key twice
+     * (412 "Public key already in use", even after UnregisterNode), so such a node takes that
+     * refusal of RegisterNode as "registered already" and activates, and it leaves with
+     * DeactivateNode only, as flwr's SuperNode does with a persistent key. */
+    int persistent_key;
 } fp_config;
 
 #define FP_DEFAULT_HEARTBEAT_INTERVAL 30.0

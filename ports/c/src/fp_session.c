@@ -211,12 +211,18 @@ static void effect(fp_session *s, fp_action action, double now) {
 }
 
 static int fire(fp_session *s, fp_event event, double now, fp_action *action) {
+    if (s->config.persistent_key && s->state == S_REGISTER && event == E_REJECTED) {
+        *action = A_NONE;  /* the key is registered already: activate it */
+        s->state = S_ACTIVATE;
+        return 0;
+    }
     for (size_t i = 0; i < sizeof TRANSITIONS / sizeof TRANSITIONS[0]; i++) {
         if (TRANSITIONS[i].event != event || !(TRANSITIONS[i].states & B(s->state))) continue;
         *action = (fp_action)TRANSITIONS[i].action;
         effect(s, *action, now);
         int next = TRANSITIONS[i].next;
         if (next == NEXT_LEAVING) next = s->state == S_DEACTIVATE ? S_UNREGISTER : S_DONE;
+        if (next == S_UNREGISTER && s->config.persistent_key) next = S_DONE;  /* the key stays registered */
         if (next != SAME) s->state = (fp_state)next;
         return 0;
     }
