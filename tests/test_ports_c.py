@@ -351,6 +351,19 @@ def test_an_object_whose_bytes_are_not_its_id_is_a_protocol_error(built):
     assert "sha256 is not its id" in link.error
 
 
+@pytest.mark.parametrize("npy", [b"\x93NUMPY\x01\x00\x00\x00", b"\x93NUMPY\x02\x00\x00\x00\x00\x00",
+                                 b"NOTNUMPY\x00\x00", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}"])
+def test_an_npy_that_is_not_one_is_a_protocol_error_not_a_hang(built, npy):
+    metadata = Metadata(run_id=1, src_node_id=1, dst_node_id=NODE_ID, group_id="1", ttl=600.0,
+                        message_type="train", created_at=1767225600.125)
+    record = objects.ArrayRecord({"0": objects.Array("", (), "numpy.ndarray", npy)})
+    content = {"fitins.parameters": record, "fitins.config": objects.ConfigRecord({"server-round": 1})}
+    incoming = objects.deflate_message(metadata, content)
+    incoming.message.metadata.message_id = incoming.message_id
+    link = ScriptedSuperLink(DRIVER, ["--feed", "3"], incoming).run(timeout=10)
+    assert ".npy" in link.error
+
+
 def test_metadata_the_message_id_does_not_cover_is_refused(built):
     incoming = instruction({"w": np.ones(4, np.float32)})
     incoming.message.metadata.ttl = 99999.0  # PullMessages' copy differs from the hashed object's

@@ -334,32 +334,40 @@ static int npy_header(fp_session *s, fp_in_array *a, const uint8_t *header, size
     return 0;
 }
 
+/* How many .npy bytes make the preamble and header, as far as `at` bytes of it tell. */
+static uint64_t npy_header_end(const uint8_t *held, uint64_t at) {
+    if (at < 10) return 10;
+    if (held[6] == 1) return 10 + (uint64_t)held[8] + ((uint64_t)held[9] << 8);
+    if (at < 12) return 12;
+    return 12 + (uint64_t)held[8] + ((uint64_t)held[9] << 8) + ((uint64_t)held[10] << 16) + ((uint64_t)held[11] << 24);
+}
+
 static int npy_feed(fp_session *s, fp_in_array *a, const uint8_t *bytes, size_t length) {
     uint8_t *held = s->scratch + s->scratch_size - (FP_NPY_HEADER_MAX + 16);  /* the .npy header, while it arrives */
     while (length > 0 && s->work.unsupported[0] == 0) {
         uint64_t at = a->stream_position;
-        if (a->data_start == 0) {  /* still in the preamble or header */
-            uint64_t need = at < 10 ? 10 : (uint64_t)held[8] + ((uint64_t)held[9] << 8) + 10;
-            if (at >= 10 && held[6] != 1) {
-                need = 12 + (uint64_t)held[8] + ((uint64_t)held[9] << 8) + ((uint64_t)held[10] << 16) + ((uint64_t)held[11] << 24);
-                if (at < 12) need = 12;
-            }
+        if (a->data_start == 0) {  /* still in the preamble or header: every pass takes bytes or ends it */
+            uint64_t need = npy_header_end(held, at);
             if (need > FP_NPY_HEADER_MAX + 12) {
                 unsupported(s, "an .npy header longer than this node reads");
                 return 0;
             }
-            size_t take = (size_t)(need - at) < length ? (size_t)(need - at) : length;
-            memcpy(held + at, bytes, take);
-            a->stream_position += take, bytes += take, length -= take;
-            if (a->stream_position < need) continue;
-            if (need == 10 && (memcmp(held, "\x93NUMPY", 6) != 0 || held[6] < 1 || held[6] > 3 || held[7] != 0)) {
+            if (at < need) {
+                size_t take = (size_t)(need - at) < length ? (size_t)(need - at) : length;
+                memcpy(held + at, bytes, take);
+                a->stream_position += take, bytes += take, length -= take;
+                if (a->stream_position < need) continue;
+                at = a->stream_position;
+            }
+            if (at == 10 && (memcmp(held, "\x93NUMPY", 6) != 0 || held[6] < 1 || held[6] > 3 || held[7] != 0)) {
                 fp_err_set(&s->error, "array '%.40s': its data is not an .npy file (magic or version)", a->view.name);
                 return -1;
             }
-            if (need == 10 || (need == 12 && held[6] != 1)) continue;  /* now the header's length is known */
+            uint64_t end = npy_header_end(held, at);
+            if (end > at) continue;  /* the header's length is known now: read the header */
             size_t offset = held[6] == 1 ? 10 : 12;
-            if (npy_header(s, a, held + offset, (size_t)need - offset) != 0) return -1;
-            a->data_start = need;
+            if (npy_header(s, a, held + offset, (size_t)end - offset) != 0) return -1;
+            a->data_start = end;
             continue;
         }
         uint64_t offset = at - a->data_start;
