@@ -187,14 +187,13 @@ int fp_next_pull(fp_session *s) {
             if (fp_phase1_done(s) != 0) return -2;
         }
     }
-    if (s->work.unsupported[0]) return -1;
-    while (s->work.array_cursor < s->work.array_count) {
+    while (s->work.array_cursor < s->work.array_count && !s->work.unsupported[0]) {
         fp_in_array *a = &s->arrays[s->work.array_cursor];
         if (!a->wanted || a->same_as >= 0) {
             s->work.array_cursor++;
             continue;
         }
-        while (a->next_position < a->position_count) {
+        while (a->next_position < a->position_count && !s->work.unsupported[0]) {
             int chunk = child_of(s, a->node, a->positions[a->next_position]);
             fp_tree_node *node = &s->nodes[s->nodes[chunk].first];
             if (!node->pulled) {
@@ -205,14 +204,22 @@ int fp_next_pull(fp_session *s) {
             a->next_position++;
             if (node->chunk_offset < a->data_start || a->data_start == 0) {
                 unsupported(s, "an array repeats a chunk that holds its .npy header");
-                return -1;
+                break;
             }
             const uint8_t *from = (const uint8_t *)a->view.data + (node->chunk_offset - a->data_start);
             if (npy_feed(s, a, from, node->chunk_length) != 0) return -2;
-            if (s->work.unsupported[0]) return -1;
         }
+        if (s->work.unsupported[0]) break;
         if (array_finish(s, a) != 0) return -2;
         s->work.array_cursor++;
+    }
+    /* Whatever the call does not use (an unsupported message's data, other records' arrays) is
+     * still pulled, each object once, hashed and dropped: the SuperLink hands out whole messages. */
+    for (unsigned i = 0; i < s->work.node_count; i++) {
+        if (s->nodes[i].first == (int16_t)i && !s->nodes[i].pulled) {
+            s->rx.array = -1;
+            return (int)i;
+        }
     }
     return -1;
 }
@@ -257,8 +264,7 @@ static int header_done(fp_session *s) {
     if (!same) return fail(s, "its header's children are not the object tree's");
     node->type = (uint8_t)rx->header.type;
     if (rx->header.type == T_ARRAYCHUNK) {
-        fp_in_array *a = &s->arrays[rx->array];
-        node->chunk_offset = a->stream_position;
+        node->chunk_offset = rx->array >= 0 ? s->arrays[rx->array].stream_position : 0;
         node->chunk_length = (uint32_t)rx->header.body_length;
         if (rx->header.body_length > FP_CHUNK_SIZE * 2ull) return fail(s, "a chunk larger than any flwr sends");
     } else if (rx->header_length + 1 + rx->header.body_length > s->scratch_size) {
@@ -286,7 +292,7 @@ int fp_pull_feed(fp_session *s, const uint8_t *bytes, size_t length) {
     if (length > rx->header.body_length - rx->body_received) return fail(s, "its body is longer than its header says");
     if (rx->header.type == T_ARRAYCHUNK) {
         rx->body_received += length;
-        return npy_feed(s, &s->arrays[rx->array], bytes, length);
+        return rx->array >= 0 ? npy_feed(s, &s->arrays[rx->array], bytes, length) : 0;
     }
     memcpy(s->scratch + rx->header_length + 1 + rx->body_received, bytes, length);
     rx->body_received += length;
@@ -674,8 +680,8 @@ int fp_pull_end(fp_session *s) {
     case T_ARRAY: return read_array(s, body, length);
     case T_CONFIGRECORD:
     case T_METRICRECORD: return read_record(s, body, length);
-    default:  /* ArrayChunk: already in the model buffer */
-        s->arrays[rx->array].next_position++;
+    default:  /* ArrayChunk: already in the model buffer (or dropped, rx->array < 0) */
+        if (rx->array >= 0) s->arrays[rx->array].next_position++;
         return 0;
     }
 }

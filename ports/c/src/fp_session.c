@@ -455,7 +455,7 @@ int fp_status_is_transient(int status) { return status == 408 || status == 429 |
 /* A PullObject answer that was cut short (and is tried again, or given up): undo what its bytes did. */
 static void rollback_pull(fp_session *s) {
     fp_tree_node *node = &s->nodes[s->work.pulling];
-    if (node->type == T_ARRAYCHUNK && s->rx.header_done) {
+    if (node->type == T_ARRAYCHUNK && s->rx.header_done && s->rx.array >= 0) {
         fp_in_array *a = &s->arrays[s->rx.array];
         a->stream_position = node->chunk_offset;
         if (a->stream_position < a->data_start) a->data_start = 0;
