@@ -525,6 +525,19 @@ def test_mixed_run_c_node_python_node_and_flower_supernode(built, superlink_harn
     supernode.stop()
 
 
+def test_linear_regression_handler_learns_in_a_real_run(built, superlink_harness, tmp_path):
+    harness = superlink_harness()
+    harness.start_superlink()
+    nodes = start_c_nodes(harness, [0, 1], extra=["--handler", "linreg"])
+    report, arrays = run(harness, tmp_path, "linreg", strategy="message", **{"num-rounds": 4})
+    losses = [np.mean([r["metrics"]["eval_loss"] for r in report["replies"]["evaluate"][str(n)]]) for n in range(1, 5)]
+    assert losses[-1] < losses[0] / 4, losses  # the held-out MSE falls round after round
+    weights = np.concatenate([a.ravel() for a in arrays])
+    np.testing.assert_allclose(weights[:-1], np.sin(np.arange(1, weights.size)), atol=0.2)  # w*_i = sin(i + 1)
+    assert abs(weights[-1] - 0.5) < 0.2  # b* = 0.5
+    assert stop(harness, nodes) == [0, 0]
+
+
 def test_node_key_is_kept_across_restarts(built, superlink_harness, tmp_path):
     key = tmp_path / "node.pem"
     harness = superlink_harness()
