@@ -342,6 +342,18 @@ def test_model_larger_than_the_arena_is_an_error_reply_in_bounded_memory(built):
     assert int(link.outcome.split()[1]) < 100_000 + 64 * 1024  # the 400 kB array was hashed, not held
 
 
+@pytest.mark.parametrize("elements", [10_000, 1_000_000])
+def test_arena_peak_is_the_model_plus_at_most_32_kib(built, elements):
+    incoming = instruction({"w": np.ones(elements, np.float32)})
+    model = elements * 4
+    link = ScriptedSuperLink(DRIVER, ["--deltas", "1", "--max-objects", "32", "--model-bytes", str(model),
+                                      "--feed", "1400"], incoming).run()
+    assert link.error == "" and link.handled == [f"fit 1 w:f4:{elements}"]
+    overhead = int(link.outcome.split()[1]) - model
+    print(f"arena peak for {elements} float32: model {model} + {overhead} bytes")
+    assert 0 < overhead <= 32 * 1024
+
+
 def test_an_object_whose_bytes_are_not_its_id_is_a_protocol_error(built):
     incoming = instruction({"w": np.ones(4, np.float32)})
     chunk_id = next(oid for oid, body in incoming.objects.items() if body.startswith(b"ArrayChunk "))

@@ -75,8 +75,8 @@ bool fp_write_uint(pb_ostream_t *out, uint64_t value) {
 }
 
 static bool write_u_escape(pb_ostream_t *out, unsigned unit) {
-    char text[8];
-    snprintf(text, sizeof text, "\\u%04x", unit);
+    char text[12];
+    snprintf(text, sizeof text, "\\u%04x", unit & 0xffffu);
     return fp_write_text(out, text);
 }
 
