@@ -7,9 +7,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install proto lint test run bench fuzz clean
+.PHONY: install c-port-packages proto lint test run bench fuzz clean
 
-install: $(STAMP)
+install: $(STAMP) c-port-packages
+
+# The C Fleet node (ports/c) builds from Debian packages: installed here when make runs as root on
+# Debian/Ubuntu and they are missing; otherwise this prints the one line to run (the port's tests
+# then fail with the same line: never a silent skip).
+C_PORT_PACKAGES := nanopb libnanopb-dev libmbedtls-dev libcurl4-openssl-dev clang
+c-port-packages:
+	@missing=$$(for package in $(C_PORT_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; \
+	else echo "ports/c needs Debian packages; run: sudo apt-get install -y" $$missing; fi
 
 # Reinstall whenever the dependency pins or the project metadata change.
 $(STAMP): pyproject.toml requirements.lock
@@ -33,7 +45,8 @@ lint: $(STAMP)
 	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml \
 		--cache-dir $(CURDIR)/build/mypy-cache -p fedproto
 
-test: proto lint
+# tests/test_ports_c.py builds ports/c (make -C ports/c) and runs it against flwr's SuperLink.
+test: proto lint c-port-packages
 	$(PY) -m pytest
 
 run: proto
@@ -51,3 +64,4 @@ fuzz: proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+	$(MAKE) -C ports/c clean
