@@ -279,6 +279,27 @@ def test_legacy_vector_reads_dtype_and_shape_from_the_npy_and_replies_in_fitres_
     assert link.pushed == want.objects
 
 
+def test_legacy_evaluate_replies_in_evaluateres_layout_byte_for_byte(built):
+    metadata = Metadata(run_id=7, src_node_id=1, dst_node_id=NODE_ID, group_id="2", ttl=600.0,
+                        message_type="evaluate", created_at=1767225600.125)
+    tensors = [np.full((2, 3), 0.5, np.float32), np.arange(4, dtype=np.float64)]
+    record = objects.ArrayRecord({str(i): objects.Array("", (), "numpy.ndarray", objects.Array.from_numpy(t).data)
+                                  for i, t in enumerate(tensors)})
+    incoming = objects.deflate_message(metadata, {"evaluateins.parameters": record,
+                                                  "evaluateins.config": objects.ConfigRecord({"server-round": 2})})
+    incoming.message.metadata.message_id = incoming.message_id
+    link = ScriptedSuperLink(DRIVER, ["--loss", "1.5", "--examples", "5"], incoming).run()
+    assert link.handled == ["evaluate 2 0:f4:6 1:f8:4"]
+    want = expected_reply(incoming, {  # fedproto.fleet_content._legacy_reply's records, in its order
+        "evaluateres.loss": objects.MetricRecord({"loss": 1.5}),
+        "evaluateres.num_examples": objects.MetricRecord({"num_examples": 5}),
+        "evaluateres.metrics": objects.ConfigRecord({}),
+        "evaluateres.status": objects.ConfigRecord({"code": 0, "message": "Success"}),
+    })
+    assert link.push_request.messages_list[0] == want.message
+    assert link.pushed == want.objects
+
+
 def test_a_persistent_key_already_registered_activates_and_never_unregisters(built):
     link = ScriptedSuperLink(DRIVER, ["--persistent-key", "1"], None)
     answer = link.answer

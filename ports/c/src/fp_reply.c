@@ -297,7 +297,7 @@ static int plan_records(fp_session *s, const fp_result *result) {
     fp_out_record *r;
     if (s->work.legacy == 1) {
         const char *prefix = fit ? "fitres" : "evaluateres";
-        char (*names)[24] = s->work.legacy_names;
+        char (*names)[40] = s->work.legacy_names;
         const char *suffixes[] = {"metrics", "num_examples", "parameters", "status", "loss"};
         for (int i = 0; i < 5; i++) snprintf(names[i], sizeof names[i], "%s.%s", prefix, suffixes[i]);
         if (!fit) {

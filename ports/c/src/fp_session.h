@@ -152,7 +152,7 @@ struct fp_session {
         fp_out_record reply_records[FP_MAX_RECORDS];
         unsigned reply_record_count;
         fp_out_item items[FP_MAX_METRICS + 8];
-        char legacy_names[5][24];               /* "fitres.metrics", ...: reply record names */
+        char legacy_names[5][40];               /* "fitres.metrics", ...: reply record names */
         unsigned item_count;
         uint16_t out_count;
         uint16_t *out_array_object;            /* reply array index -> its Array object */
