@@ -558,6 +558,15 @@ def test_mixed_run_c_node_python_node_and_flower_supernode(built, superlink_harn
     supernode.stop()
 
 
+def test_https_with_the_superlinks_ca(built, superlink_harness, tls_files, tmp_path):
+    harness = superlink_harness(tls=tls_files)
+    harness.start_superlink()
+    nodes = start_c_nodes(harness, [0, 1], extra=["--root-certificates", str(tls_files.ca)])
+    _, arrays = run(harness, tmp_path, "tls", strategy="message", **{"num-rounds": 1})
+    assert_model(arrays, expected_fedavg([[0, 1]]))
+    assert stop(harness, nodes) == [0, 0]
+
+
 def test_linear_regression_handler_learns_in_a_real_run(built, superlink_harness, tmp_path):
     harness = superlink_harness()
     harness.start_superlink()

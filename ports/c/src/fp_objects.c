@@ -406,8 +406,7 @@ typedef int (*entry_visitor)(fp_session *s, const char *name, int node, void *co
 static int read_name_map(fp_session *s, const uint8_t *body, size_t length, entry_visitor visit, void *context) {
     fp_json j = {body, body + length};
     char name[NAME_MAX_BYTES], id[72];
-    bool used[64 * 8] = {false};
-    unsigned count = child_count(s, s->work.pulling), entries = 0;
+    unsigned count = child_count(s, s->work.pulling), entries = 0, distinct = 0;
     if (fp_json_expect(&j, '{') != 0) return fail(s, "its body is not a JSON object");
     if (fp_json_peek(&j) == '}') j.at++;
     else {
@@ -417,11 +416,10 @@ static int read_name_map(fp_session *s, const uint8_t *body, size_t length, entr
                 return fail(s, "its body is not a JSON object of name -> object id (or a name is too long)");
             int child = find_child(s, id);
             if (child < 0) return fail(s, "its body names an object its header does not list");
-            for (unsigned k = 0; k < count && k < sizeof used; k++)
-                if (s->nodes[child_of(s, s->work.pulling, k)].first == child) used[k] = true;
-            /* Duplicate names: compare with the entries before (bodies are small). */
+            /* Repeated names and ids: compare with the entries before (bodies are small). */
             fp_json again = {body, j.at};
             char earlier[NAME_MAX_BYTES], earlier_id[72];
+            bool id_seen = false;
             fp_json_expect(&again, '{');
             for (unsigned e = 0; e < entries; e++) {
                 fp_json_string(&again, earlier, sizeof earlier);
@@ -429,15 +427,17 @@ static int read_name_map(fp_session *s, const uint8_t *body, size_t length, entr
                 fp_json_string(&again, earlier_id, sizeof earlier_id);
                 fp_json_expect(&again, ',');
                 if (strcmp(earlier, name) == 0) return fail(s, "its body repeats a name");
+                id_seen |= strcmp(earlier_id, id) == 0;
             }
             entries++;
+            distinct += !id_seen;
             if (visit(s, name, child, context) != 0) return -1;
         } while (fp_json_expect(&j, ',') == 0);
         if (fp_json_expect(&j, '}') != 0) return fail(s, "its body is not a JSON object");
     }
     if (fp_json_end(&j) != 0) return fail(s, "its body has bytes after the JSON object");
-    for (unsigned k = 0; k < count && k < sizeof used; k++)
-        if (!used[k]) return fail(s, "its header lists a child its body does not name");
+    /* Every named id is a distinct child (checked above): all children are named iff as many. */
+    if (distinct != count) return fail(s, "its header lists a child its body does not name");
     return 0;
 }
 
@@ -519,19 +519,23 @@ static int read_array(fp_session *s, const uint8_t *body, size_t length) {
             a->positions = fp_names_alloc(s, (count ? count : 1) * sizeof(uint16_t));
             if (a->positions == NULL) return fail(s, "its chunk list exceeds this node's name buffer");
             fp_json_expect(&j, '[');
-            bool used[512] = {false};
+            size_t names_mark = s->names_used;  /* a bitmap of the children used, dropped below */
+            uint8_t *used = fp_names_alloc(s, children / 8 + 1);
+            if (used == NULL) return fail(s, "its chunk list exceeds this node's name buffer");
+            memset(used, 0, children / 8 + 1);
             if (fp_json_peek(&j) == ']') j.at++;
             else {
                 do {
                     fp_json_uint(&j, &n, 65535);
                     if (n >= children) return fail(s, "a chunk index out of range");
-                    if (n < sizeof used) used[n] = true;
+                    used[n / 8] |= (uint8_t)(1u << (n % 8));
                     a->positions[a->position_count++] = (uint16_t)n;
                 } while (fp_json_expect(&j, ',') == 0);
                 if (fp_json_expect(&j, ']') != 0) goto malformed;
             }
-            for (unsigned k = 0; k < children && k < sizeof used; k++)
-                if (!used[k]) return fail(s, "a chunk its arraychunk_ids never use");
+            for (unsigned k = 0; k < children; k++)
+                if (!(used[k / 8] & (1u << (k % 8)))) return fail(s, "a chunk its arraychunk_ids never use");
+            s->names_used = names_mark;
         } else {
             goto malformed;
         }

@@ -11,17 +11,19 @@
 
 #define CLIENT_APP_RAISED_EXCEPTION 2  /* flwr/common/constant.py ErrorCode */
 
+#define FP_NPY_WRITTEN_MAX 256  /* the header numpy writes for up to 8 dimensions fits */
+
 static const fp_array *reply_array(const fp_session *s, unsigned index) { return &s->work.call.arrays[index]; }
 
 static uint64_t npy_total(const fp_array *a, uint8_t *header, size_t *header_length) {
-    *header_length = fp_npy_write_header(header, FP_NPY_HEADER_MAX, a->dtype, a->ndim, a->shape);
+    *header_length = fp_npy_write_header(header, FP_NPY_WRITTEN_MAX, a->dtype, a->ndim, a->shape);
     return *header_length + (uint64_t)a->count * fp_dtype_size(a->dtype);
 }
 
 /* ---- bodies ---- */
 
 static bool write_chunk(pb_ostream_t *out, const fp_session *s, const fp_out_object *o) {
-    uint8_t header[FP_NPY_HEADER_MAX];
+    uint8_t header[FP_NPY_WRITTEN_MAX];
     size_t header_length;
     const fp_array *a = reply_array(s, o->ref);
     uint64_t total = npy_total(a, header, &header_length);
@@ -35,7 +37,7 @@ static bool write_chunk(pb_ostream_t *out, const fp_session *s, const fp_out_obj
 
 static bool write_array(pb_ostream_t *out, const fp_session *s, const fp_out_object *o) {
     const fp_array *a = reply_array(s, o->ref);
-    uint8_t header[FP_NPY_HEADER_MAX];
+    uint8_t header[FP_NPY_WRITTEN_MAX];
     size_t header_length;
     uint64_t slices = (npy_total(a, header, &header_length) + FP_CHUNK_SIZE - 1) / FP_CHUNK_SIZE;
     bool ok = fp_write_text(out, "{\"dtype\": \"") && fp_write_text(out, fp_dtype_name(a->dtype)) &&
@@ -224,7 +226,7 @@ static unsigned children_used(const fp_session *s) {
 }
 
 static int add_array_objects(fp_session *s, unsigned index) {
-    uint8_t header[FP_NPY_HEADER_MAX];
+    uint8_t header[FP_NPY_WRITTEN_MAX];
     size_t header_length;
     uint64_t slices = (npy_total(reply_array(s, index), header, &header_length) + FP_CHUNK_SIZE - 1) / FP_CHUNK_SIZE;
     uint16_t *slice_map = fp_names_alloc(s, (size_t)slices * sizeof(uint16_t));

@@ -70,8 +70,9 @@ bool fp_write_text(pb_ostream_t *out, const char *text) { return pb_write(out, (
 
 bool fp_write_uint(pb_ostream_t *out, uint64_t value) {
     char digits[24];
-    snprintf(digits, sizeof digits, "%llu", (unsigned long long)value);
-    return fp_write_text(out, digits);
+    size_t at = sizeof digits;  /* on every object header: no printf on this path */
+    do digits[--at] = (char)('0' + value % 10); while ((value /= 10) != 0);
+    return fp_write(out, digits + at, sizeof digits - at);
 }
 
 static bool write_u_escape(pb_ostream_t *out, unsigned unit) {

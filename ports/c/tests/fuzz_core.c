@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     double now = 1767225600.0;
     size_t at = 0;
     bool stopped = false;
-    uint8_t request[4096], made[64];
+    uint8_t request[512], made[64];
     for (int steps = 0; steps < 10000; steps++) {
         fp_step step = fp_next_step(s, now);
         if (step.kind == FP_STEP_FINISHED || step.kind == FP_STEP_ERROR) return 0;
