@@ -560,13 +560,13 @@ def test_mixed_run_c_node_python_node_and_flower_supernode(built, superlink_harn
 
 def test_fit_outlasting_two_heartbeat_intervals_heartbeats_between_steps(built, superlink_harness, tmp_path):
     # The SuperLink counts a node offline 2 x interval after its last heartbeat: with the smallest
-    # interval (10 s) a 22 s fit outlasts two. The single-threaded node heartbeats between steps.
+    # interval (10 s) a 22 s fit outlasts two: a node without heartbeats between its training steps
+    # would be offline and its reply a NODE_UNAVAILABLE error for the ServerApp.
     harness = superlink_harness()
     harness.start_superlink()
     nodes = start_c_nodes(harness, [0, 1], extra=["--heartbeat-interval", "10", "--fit-seconds", "22"])
     report, arrays = run(harness, tmp_path, "long", strategy="message", **{"num-rounds": 1, "round-timeout": 90.0})
     assert [r["error"] for r in report["replies"]["train"]["1"]] == [None, None]
-    assert harness.superlink.log().count("/v1/fleet/send-node-heartbeat") >= 2 * 22 // 4  # every 4 s, each node
     assert_model(arrays, expected_fedavg([[0, 1]]))
     assert stop(harness, nodes) == [0, 0]
 
