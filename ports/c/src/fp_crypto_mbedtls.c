@@ -1,6 +1,6 @@
-/* fp_crypto.h on mbedTLS 2.28 (Debian libmbedtls-dev). For mbedTLS 3.x: mbedtls_pk_parse_key and
- * mbedtls_pk_sign take an RNG (and a signature capacity), and the *_ret suffixes are gone; the
- * rest is the same. */
+/* fp_crypto.h on mbedTLS 2.28 (Debian libmbedtls-dev) and 3.x (ESP-IDF, Zephyr): 3.x dropped the
+ * *_ret suffixes, and mbedtls_pk_parse_key / mbedtls_pk_sign take an RNG (and a signature
+ * capacity); those few calls differ, the rest is the same. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +16,11 @@
 
 #include "fp_crypto.h"
 
-#if MBEDTLS_VERSION_MAJOR != 2
-#error "this adapter is for mbedTLS 2.x; write the 3.x adapter (see the comment at the top)"
+#if MBEDTLS_VERSION_MAJOR >= 3
+#define mbedtls_sha256_starts_ret mbedtls_sha256_starts
+#define mbedtls_sha256_update_ret mbedtls_sha256_update
+#define mbedtls_sha256_finish_ret mbedtls_sha256_finish
+#define mbedtls_sha256_ret mbedtls_sha256
 #endif
 
 typedef char fp_sha256_fits[sizeof(mbedtls_sha256_context) <= sizeof(fp_sha256) ? 1 : -1];
@@ -96,7 +99,11 @@ fp_key *fp_key_from_pem(const char *pem, size_t length, char *why) {
     }
     memcpy(copy, pem, length);
     copy[length] = 0;
+#if MBEDTLS_VERSION_MAJOR >= 3
+    int rc = mbedtls_pk_parse_key(&key->pk, copy, length + 1, NULL, 0, mbedtls_ctr_drbg_random, &key->drbg);
+#else
     int rc = mbedtls_pk_parse_key(&key->pk, copy, length + 1, NULL, 0);
+#endif
     free(copy);
     if (rc == 0 && mbedtls_pk_get_type(&key->pk) != MBEDTLS_PK_ECKEY) rc = MBEDTLS_ERR_PK_TYPE_MISMATCH;
     if (rc != 0) {
@@ -120,8 +127,13 @@ int fp_key_sign(fp_key *key, const void *message, size_t length, uint8_t *der, s
     if (mbedtls_sha256_ret(message, length, digest, 0) != 0) return -1;
     if (capacity < MBEDTLS_ECDSA_MAX_LEN) return -1;
     size_t written = 0;
+#if MBEDTLS_VERSION_MAJOR >= 3
+    int rc = mbedtls_pk_sign(&key->pk, MBEDTLS_MD_SHA256, digest, sizeof digest, der, capacity, &written,
+                             mbedtls_ctr_drbg_random, &key->drbg);
+#else
     int rc = mbedtls_pk_sign(&key->pk, MBEDTLS_MD_SHA256, digest, sizeof digest, der, &written,
                              mbedtls_ctr_drbg_random, &key->drbg);
+#endif
     return rc == 0 ? (int)written : -1;
 }
 
