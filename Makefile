@@ -32,6 +32,7 @@ $(STAMP): pyproject.toml requirements.lock
 # Regenerate fedproto/*_pb2.py(i) from proto/flwr/proto/*.proto (committed; tests check they are current).
 proto: $(STAMP)
 	$(PY) proto/compile.py fedproto
+	$(PY) proto/compile_compat.py fedproto
 
 # ruff on the repository; mypy on the package as it installs (fedproto.client is client/, ...),
 # laid out as links in build/typecheck because mypy cannot follow the editable install's import

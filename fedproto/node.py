@@ -123,6 +123,27 @@ trying again will not change.
 reply is not sent, and a newer message waits in HANDLING until that handler has returned. A pair not in
 the table is invalid input (invariant 6): ERROR.
 
+Generations
+-----------
+``NodeSession(generation=...)`` selects how the node joins and leaves; everything else (signing,
+heartbeats, PullMessages, objects, pushing) is the same from flwr 1.20 on (checked against the
+releases' own fleet.proto and grpc_rere_client). ``Generation.REGISTER_ACTIVATE`` (flwr 1.23 and
+later, the default) runs the table above. ``Generation.CREATE_DELETE`` (flwr 1.20-1.22) joins with
+``CreateNode(heartbeat_interval) -> node`` and leaves with ``DeleteNode(node)`` (their messages are
+``fedproto.fleet_1_20_pb2``): it runs the same table without the ACTIVATE and UNREGISTER states and
+without REGISTER ``registered`` and the DEACTIVATE rows, and adds these rows:
+
+==========  ============  ================  ==========
+state       event         action            next state
+==========  ============  ================  ==========
+REGISTER    ready         send_create_node  REGISTER
+REGISTER    node_created  -                 IDLE
+DEACTIVATE  ready         send_delete_node  DEACTIVATE
+DEACTIVATE  node_deleted  -                 DONE
+DEACTIVATE  rejected      -                 DONE
+DEACTIVATE  node_unknown  -                 DONE
+==========  ============  ================  ==========
+
 Timing (flwr 1.42's SuperNode, ``supercore/heartbeat.py``, ``supernode/start_client_internal.py``):
 ActivateNode and every heartbeat announce ``heartbeat_interval`` (30 s; the SuperLink accepts
 10-1800 s and counts the node offline 2 x interval after its last heartbeat). Heartbeats go
@@ -153,6 +174,8 @@ from google.protobuf.message import Message as ProtoMessage
 from fedproto import fleet_content, objects
 from fedproto.errors import FedprotoError
 from fedproto.fab_pb2 import GetFabRequest, GetFabResponse
+from fedproto.fleet_1_20_pb2 import CreateNodeRequest, CreateNodeResponse, DeleteNodeRequest, DeleteNodeResponse
+from fedproto.fleet_1_20_pb2 import Node as Node_1_20
 from fedproto.fleet_pb2 import (
     ActivateNodeRequest,
     ActivateNodeResponse,
@@ -228,7 +251,29 @@ RPCS: dict[str, Rpc] = {
                            UnregisterNodeFleetResponse),
     "GetRun": _rpc("GetRun", "get-run", GetRunRequest, GetRunResponse),
     "GetFab": _rpc("GetFab", "get-fab", GetFabRequest, GetFabResponse),
+    # Generation.CREATE_DELETE (flwr 1.20-1.22), served over gRPC-rere only: their REST transport
+    # (/api/v0/fleet/...) is not supported, so these paths are never posted to.
+    "CreateNode": _rpc("CreateNode", "create-node", CreateNodeRequest, CreateNodeResponse),
+    "DeleteNode": _rpc("DeleteNode", "delete-node", DeleteNodeRequest, DeleteNodeResponse),
 }
+
+
+class Generation(enum.Enum):
+    """How the SuperLink's Fleet API lets a node join and leave (module docstring, Generations)."""
+
+    REGISTER_ACTIVATE = "flwr 1.23 and later: RegisterNode + ActivateNode / DeactivateNode + UnregisterNode"
+    CREATE_DELETE = "flwr 1.20-1.22: CreateNode / DeleteNode"
+
+
+def generation_for_release(release: str) -> Generation:
+    """The generation of a flwr release ("1.22", "1.22.0", "1.43.0.dev20260101"); 1.20 or later."""
+    try:
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        raise ValueError(f"not a flwr release: {release!r}") from None
+    if (major, minor) < (1, 20):
+        raise ValueError(f"flwr {release} has a Fleet API of an older generation (before 1.20): not supported")
+    return Generation.CREATE_DELETE if (major, minor) < (1, 23) else Generation.REGISTER_ACTIVATE
 
 
 class Refusal(enum.Enum):
@@ -309,6 +354,8 @@ class Event(enum.Enum):
     OBJECT_PUSHED = "object_pushed"
     LAST_OBJECT_PUSHED = "last_object_pushed"
     DEACTIVATED = "deactivated"
+    NODE_CREATED = "node_created"
+    NODE_DELETED = "node_deleted"
     UNREGISTERED = "unregistered"
     NODE_UNKNOWN = "node_unknown"
     RUN_NOT_RUNNING = "run_not_running"
@@ -329,6 +376,8 @@ class Action(enum.Enum):
     SEND_PUSH_OBJECT = "send_push_object"
     SEND_DEACTIVATE = "send_deactivate"
     SEND_UNREGISTER = "send_unregister"
+    SEND_CREATE_NODE = "send_create_node"
+    SEND_DELETE_NODE = "send_delete_node"
     WAIT = "wait"
     FINISH = "finish"
     GIVE_UP = "give_up"  # registering or activating refused: outcome "refused"
@@ -400,6 +449,26 @@ TRANSITIONS: dict[tuple[State, Event], tuple[Action, State]] = {
     (S.UNREGISTER, E.READY): (A.SEND_UNREGISTER, S.UNREGISTER),
     (S.UNREGISTER, E.UNREGISTERED): (A.NONE, S.DONE),
     (S.DONE, E.READY): (A.FINISH, S.DONE),
+}
+
+# Generation.CREATE_DELETE: the rows above minus those it has no use for, plus its own.
+_CREATE_DELETE_DROPPED = {(S.REGISTER, E.REGISTERED), (S.DEACTIVATE, E.DEACTIVATED), (S.DEACTIVATE, E.READY),
+                          (S.DEACTIVATE, E.REJECTED), (S.DEACTIVATE, E.NODE_UNKNOWN), (S.REGISTER, E.READY)}
+CREATE_DELETE_ROWS: dict[tuple[State, Event], tuple[Action, State]] = {
+    (S.REGISTER, E.READY): (A.SEND_CREATE_NODE, S.REGISTER),
+    (S.REGISTER, E.NODE_CREATED): (A.NONE, S.IDLE),
+    (S.DEACTIVATE, E.READY): (A.SEND_DELETE_NODE, S.DEACTIVATE),
+    (S.DEACTIVATE, E.NODE_DELETED): (A.NONE, S.DONE),
+    (S.DEACTIVATE, E.REJECTED): (A.NONE, S.DONE),
+    (S.DEACTIVATE, E.NODE_UNKNOWN): (A.NONE, S.DONE),
+}
+TRANSITIONS_BY_GENERATION: dict[Generation, dict[tuple[State, Event], tuple[Action, State]]] = {
+    Generation.REGISTER_ACTIVATE: TRANSITIONS,
+    Generation.CREATE_DELETE: {
+        **{key: row for key, row in TRANSITIONS.items()
+           if key not in _CREATE_DELETE_DROPPED and key[0] not in (S.ACTIVATE, S.UNREGISTER)},
+        **CREATE_DELETE_ROWS,
+    },
 }
 
 
@@ -494,6 +563,7 @@ class NodeSession:
         poll_interval: float = POLL_INTERVAL,
         object_wait_limit: float = OBJECT_WAIT_LIMIT,
         max_message_length: int = MAX_MESSAGE_LENGTH,
+        generation: Generation = Generation.REGISTER_ACTIVATE,
     ) -> None:
         low, high = HEARTBEAT_INTERVAL_RANGE
         if not low <= heartbeat_interval <= high:
@@ -521,6 +591,8 @@ class NodeSession:
         self._register_delay = REREGISTER_FIRST
         self._activated_at = 0.0
         self._handler_running = False  # a handler thread is out, possibly for a dropped message
+        self.generation = generation
+        self._transitions = TRANSITIONS_BY_GENERATION[generation]
 
         # What each table action and each response does: named here, not looked up by name.
         self._senders: dict[Action, Callable[[float], tuple[str, ProtoMessage]]] = {
@@ -534,6 +606,8 @@ class NodeSession:
             A.SEND_PUSH_OBJECT: self._send_push_object,
             A.SEND_DEACTIVATE: self._send_deactivate,
             A.SEND_UNREGISTER: self._send_unregister,
+            A.SEND_CREATE_NODE: self._send_create_node,
+            A.SEND_DELETE_NODE: self._send_delete_node,
         }
         self._effects: dict[Action, Callable[[float], None]] = {
             A.NONE: lambda now: None,
@@ -553,6 +627,8 @@ class NodeSession:
             "PushObject": self._on_push_object,
             "DeactivateNode": lambda response, now: E.DEACTIVATED,
             "UnregisterNode": lambda response, now: E.UNREGISTERED,
+            "CreateNode": self._on_create_node,
+            "DeleteNode": lambda response, now: E.NODE_DELETED,
         }
 
     # ---- what the transport calls -------------------------------------------------------
@@ -632,7 +708,7 @@ class NodeSession:
 
     def _fire(self, event: Event, now: float) -> Action:
         """Run the table's row for (state, event): its effect, then the state change."""
-        row = TRANSITIONS.get((self.state, event))
+        row = self._transitions.get((self.state, event))
         if row is None:
             self._fail(f"{event.value} is not valid in state {self.state.name}")
         action, next_state = row
@@ -755,18 +831,31 @@ class NodeSession:
     def _send_unregister(self, now: float) -> tuple[str, ProtoMessage]:
         return "UnregisterNode", UnregisterNodeFleetRequest(node_id=self.node_id)
 
+    def _send_create_node(self, now: float) -> tuple[str, ProtoMessage]:
+        return "CreateNode", CreateNodeRequest(heartbeat_interval=self.heartbeat_interval)
+
+    def _send_delete_node(self, now: float) -> tuple[str, ProtoMessage]:
+        return "DeleteNode", DeleteNodeRequest(node=Node_1_20(node_id=self.node_id))
+
     # ---- responses: each returns the event it is ------------------------------------------------
 
     def _on_register(self, response: RegisterNodeFleetResponse, now: float) -> Event:
         return E.REGISTERED
 
     def _on_activate(self, response: ActivateNodeResponse, now: float) -> Event:
-        if response.node_id == 0:
-            self._fail("ActivateNode: the response has no node_id")
-        self.node_id = response.node_id
+        self._go_online("ActivateNode", response.node_id, now)
+        return E.ACTIVATED
+
+    def _on_create_node(self, response: CreateNodeResponse, now: float) -> Event:
+        self._go_online("CreateNode", response.node.node_id, now)
+        return E.NODE_CREATED
+
+    def _go_online(self, rpc: str, node_id: int, now: float) -> None:
+        if node_id == 0:
+            self._fail(f"{rpc}: the response has no node_id")
+        self.node_id = node_id
         self._activated_at = now
         self._heartbeat_at = self._poll_at = now  # first heartbeat right away, then poll
-        return E.ACTIVATED
 
     def _on_heartbeat(self, response: SendNodeHeartbeatResponse, now: float) -> Event:
         return E.HEARTBEAT_OK if response.success else E.NODE_UNKNOWN

@@ -18,6 +18,8 @@ import pytest
 from fedproto import node as node_module
 from fedproto import objects
 from fedproto.errors import FedprotoError
+from fedproto.fleet_1_20_pb2 import CreateNodeRequest, CreateNodeResponse, DeleteNodeRequest, DeleteNodeResponse
+from fedproto.fleet_1_20_pb2 import Node as Node_1_20
 from fedproto.fleet_pb2 import (
     ActivateNodeRequest,
     ActivateNodeResponse,
@@ -45,10 +47,13 @@ from fedproto.message_pb2 import (
     PushObjectResponse,
 )
 from fedproto.node import (
+    CREATE_DELETE_ROWS,
     TRANSITIONS,
+    TRANSITIONS_BY_GENERATION,
     Action,
     Event,
     Finished,
+    Generation,
     NodeProtocolError,
     NodeSession,
     NodeUsageError,
@@ -57,6 +62,7 @@ from fedproto.node import (
     Send,
     State,
     Wait,
+    generation_for_release,
     refusal_for_grpc_code,
     refusal_for_http_status,
 )
@@ -538,9 +544,9 @@ def test_every_transition_is_exercised(monkeypatch):
 # ------------------------------------------------------------------ the docstring table
 
 
-def docstring_rows():
+def docstring_rows(section: str = "Transitions"):
     doc = node_module.__doc__
-    table = doc[doc.index("Transitions\n-----------"):]
+    table = doc[doc.index(f"{section}\n{'-' * len(section)}"):]
     lines = table.splitlines()
     rules = [index for index, line in enumerate(lines) if re.fullmatch(r"=+( +=+)+", line)]
     body = lines[rules[1] + 1:rules[2]]
@@ -575,6 +581,19 @@ def test_docstring_table_matches_the_transitions():
             assert key not in documented, f"documented twice: {key}"
             documented[key] = (Action(action_value), target)
     assert documented == TRANSITIONS
+
+
+def test_docstring_generation_table_matches_the_create_delete_rows():
+    documented = {(State[state], Event(event)): (Action(action), State[next_state])
+                  for state, event, action, next_state in docstring_rows("Generations")}
+    assert documented == CREATE_DELETE_ROWS
+    create_delete = TRANSITIONS_BY_GENERATION[Generation.CREATE_DELETE]
+    # The rest is the 1.23+ table without ACTIVATE, UNREGISTER and the rows the generation replaces.
+    shared = {key: row for key, row in create_delete.items() if key not in CREATE_DELETE_ROWS}
+    assert all(TRANSITIONS[key] == row for key, row in shared.items())
+    assert not any(state in (State.ACTIVATE, State.UNREGISTER) or next_state in (State.ACTIVATE, State.UNREGISTER)
+                   for (state, _), (_, next_state) in create_delete.items())
+    assert (State.REGISTER, Event.REGISTERED) not in create_delete
 
 
 # ------------------------------------------------------------------ timing
@@ -876,3 +895,113 @@ def test_abandoned_request_leaves_the_session_as_before_it():
     assert (session.state, session.awaiting) == (State.IDLE, None)
     session.stop(0.0)
     expect_send(session, 0.0, "DeactivateNode", DeactivateNodeRequest)
+
+
+# ------------------------------------------------------------------ Generation.CREATE_DELETE (flwr 1.20-1.22)
+
+
+def created(now: float = 0.0) -> NodeSession:
+    """A CREATE_DELETE session joined with CreateNode and past its first heartbeat (state IDLE)."""
+    session = new_session(generation=Generation.CREATE_DELETE)
+    request = expect_send(session, now, "CreateNode", CreateNodeRequest)
+    assert request.heartbeat_interval == session.heartbeat_interval
+    answer(session, CreateNodeResponse(node=Node_1_20(node_id=NODE_ID)), now)
+    assert (session.state, session.node_id) == (State.IDLE, NODE_ID)
+    expect_send(session, now, "SendNodeHeartbeat", SendNodeHeartbeatRequest)
+    answer(session, SendNodeHeartbeatResponse(success=True), now)
+    return session
+
+
+def create_delete_scenario_one_message_then_delete_node(content):
+    session = created(0.0)
+    deliver(session, 0.0)
+    pull_all(session, 0.0)
+    session.handler_finished(run_handler(session, 0.0), 1.0)
+    push_all(session, 1.0)
+    session.stop(2.0)
+    delete = expect_send(session, 2.0, "DeleteNode", DeleteNodeRequest)
+    assert delete.node.node_id == NODE_ID
+    answer(session, DeleteNodeResponse(), 2.0)
+    assert session.next_step(2.0) == Finished("stopped")
+
+
+def create_delete_scenario_refused_create_node_finishes(content):
+    for refusal in Refusal:
+        session = new_session(generation=Generation.CREATE_DELETE)
+        expect_send(session, 0.0, "CreateNode", CreateNodeRequest)
+        session.refused(refusal, 0.0)
+        assert session.next_step(0.0) == Finished("refused")
+
+
+def create_delete_scenario_leaving_goes_on_when_delete_node_is_refused(content):
+    for refusal in (Refusal.NODE_UNKNOWN, Refusal.REJECTED):
+        session = created(0.0)
+        session.stop(0.0)
+        expect_send(session, 0.0, "DeleteNode", DeleteNodeRequest)
+        session.refused(refusal, 0.0)
+        assert session.next_step(0.0) == Finished("stopped")
+
+
+def create_delete_scenario_node_unknown_creates_the_node_again(content):
+    session = created(0.0)
+    heartbeat = session.next_step(25.0)
+    assert isinstance(heartbeat, Send) and heartbeat.rpc == "SendNodeHeartbeat"
+    answer(session, SendNodeHeartbeatResponse(success=False), 25.0)
+    assert session.next_step(25.0) == Wait(26.0)  # the same backoff as registering again
+    expect_send(session, 26.0, "CreateNode", CreateNodeRequest)
+    answer(session, CreateNodeResponse(node=Node_1_20(node_id=99)), 26.0)
+    assert session.node_id == 99
+
+
+def create_delete_scenario_create_node_without_a_node_id_is_an_error(content):
+    session = new_session(generation=Generation.CREATE_DELETE)
+    expect_send(session, 0.0, "CreateNode", CreateNodeRequest)
+    with pytest.raises(NodeProtocolError, match="CreateNode: the response has no node_id"):
+        answer(session, CreateNodeResponse(), 0.0)
+
+
+CREATE_DELETE_SCENARIOS = [value for name, value in sorted(globals().items())
+                           if name.startswith("create_delete_scenario_")]
+
+
+@pytest.mark.parametrize("scenario", CREATE_DELETE_SCENARIOS,
+                         ids=lambda f: f.__name__.removeprefix("create_delete_scenario_"))
+def test_create_delete_scenario(scenario, content):
+    scenario(content)
+
+
+def test_every_create_delete_row_is_exercised(monkeypatch):
+    visited = set()
+    fire = NodeSession._fire
+
+    def recording_fire(self, event, now):
+        key = (self.state, event)
+        action = fire(self, event, now)
+        visited.add(key)
+        return action
+
+    monkeypatch.setattr(NodeSession, "_fire", recording_fire)
+    for scenario in CREATE_DELETE_SCENARIOS:
+        monkeypatch.setattr(node_module, "fleet_content", FakeContent())
+        scenario(node_module.fleet_content)
+    assert sorted(f"{state.name} {event.value}" for state, event in set(CREATE_DELETE_ROWS) - visited) == []
+
+
+def test_a_create_delete_session_has_no_registered_row():
+    session = created(0.0)
+    with pytest.raises(NodeProtocolError, match="registered is not valid"):
+        session._fire(Event.REGISTERED, 0.0)
+
+
+@pytest.mark.parametrize("release, generation", [
+    ("1.20", Generation.CREATE_DELETE), ("1.22.0", Generation.CREATE_DELETE),
+    ("1.23.0", Generation.REGISTER_ACTIVATE), ("1.43.0.dev20260101", Generation.REGISTER_ACTIVATE),
+    ("2.0", Generation.REGISTER_ACTIVATE)])
+def test_generation_for_release(release, generation):
+    assert generation_for_release(release) is generation
+
+
+@pytest.mark.parametrize("release", ["1.19.0", "0.9", "latest", "1"])
+def test_generation_for_release_refuses_what_it_cannot_serve(release):
+    with pytest.raises(ValueError):
+        generation_for_release(release)
