@@ -16,6 +16,7 @@ from typing import Any
 
 from fedproto.client.app import IDLE_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, MAX_RECONNECT_WAIT_SECONDS, Retry, run_client
 from fedproto.client.fleet import TRANSPORTS, CallLimits, run_node
+from fedproto.node import Generation, generation_for_release
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
 EPILOG = """\
@@ -38,6 +39,8 @@ examples:
   fedproto-client --superlink 127.0.0.1:8000 --app fedproto.client.demo:make_client
   # gRPC-rere Fleet API (SuperLink run with FLWR_INTERNAL_GRPC_FLEET_API=1, --fleet-api-address)
   fedproto-client --superlink 127.0.0.1:9092 --fleet-transport grpc-rere --app my_app:MyClient
+  # a flwr 1.20-1.22 SuperLink (gRPC-rere on --fleet-api-address, default 9092; joins with CreateNode)
+  fedproto-client --superlink 127.0.0.1:9092 --fleet-transport grpc-rere --superlink-release 1.22 --app my_app:MyClient
   # two clients next to flwr's own server (python examples/flwr_server.py --address 127.0.0.1:8080 ...)
   DEMO_PARTITION=0 fedproto-client --server 127.0.0.1:8080 --app fedproto.client.demo:make_client
   DEMO_PARTITION=1 python -m fedproto.client --server 127.0.0.1:8080 --app fedproto.client.demo:make_client
@@ -147,6 +150,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def superlink_generation(text: str) -> Generation:
+    try:
+        return generation_for_release(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedproto-client",
@@ -183,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--fleet-transport", choices=TRANSPORTS, default="http",
                        help="http: POST /v1/fleet/... on the SuperLink's port (default); grpc-rere: unary gRPC, "
                             "for a SuperLink started with FLWR_INTERNAL_GRPC_FLEET_API=1")
+    fleet.add_argument("--superlink-release", type=superlink_generation, default=Generation.REGISTER_ACTIVATE,
+                       metavar="X.Y", help="the SuperLink's flwr release, if older than 1.23: 1.20-1.22 join nodes "
+                                           "with CreateNode/DeleteNode (gRPC-rere only). Default: 1.23 or later")
     fleet.add_argument("--node-key", type=Path, metavar="PEM",
                        help="unencrypted EC private key (PKCS#8 or SEC1 PEM) that signs every request; "
                             "default: a fresh SECP384R1 key per run. Make one with: openssl ecparam "
@@ -216,8 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the user's module or factory: any failure is a usage error
         print(f"fedproto-client: cannot load --app {args.app}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
-    if args.superlink is None and (args.fleet_transport != "http" or args.node_key is not None):
-        print("fedproto-client: --fleet-transport and --node-key need --superlink", file=sys.stderr)
+    if args.superlink is None and (args.fleet_transport != "http" or args.node_key is not None
+                                   or args.superlink_release is not Generation.REGISTER_ACTIVATE):
+        print("fedproto-client: --fleet-transport, --superlink-release and --node-key need --superlink",
+              file=sys.stderr)
+        return 2
+    if args.superlink_release is Generation.CREATE_DELETE and args.fleet_transport != "grpc-rere":
+        print("fedproto-client: flwr 1.20-1.22 SuperLinks serve the Fleet API over gRPC-rere "
+              "(--fleet-api-address, default 9092): add --fleet-transport grpc-rere", file=sys.stderr)
         return 2
     try:
         node_key = args.node_key.read_bytes() if args.node_key else None
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_message_length=args.max_message_length,
                 retry=retry,
                 call_limits=CallLimits(args.call_timeout, args.min_transfer_rate),
+                generation=args.superlink_release,
             )
         return run_client(
             args.server,

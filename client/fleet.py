@@ -20,6 +20,13 @@ holds the rules; ``docs/fleet-node.md`` the details):
    A call stalled when the signal comes is given up within READ_SLICE (``session.abandon()``),
    so leaving does not wait for it; a second signal gives up on leaving too.
 
+Which transport, which port: flwr 1.40 and later serve the Fleet API over HTTP on the
+SuperLink's ``--port`` (default 8000); 1.20-1.39 only over gRPC-rere on ``--fleet-api-address``
+(default 9092), and 1.20-1.22 join with CreateNode (``--superlink-release 1.22``). The node does not
+guess: when the answer shows it knocked at the wrong door (404 on ``/v1/fleet/*``, an HTTP server
+answering gRPC or the reverse, a join RPC the SuperLink does not have), it logs one line naming the
+likely releases and the flag and port to use (:func:`transport_hint`), and exits.
+
 Everything the SuperLink says that reaches a log line or an error (a refusal's body, a bad
 status line, gRPC details) goes through ``fedproto.text.bound_text``: one line, bounded.
 
@@ -60,6 +67,7 @@ from fedproto.client.app import (
 from fedproto.node import (
     RPCS,
     Finished,
+    Generation,
     NodeProtocolError,
     NodeSession,
     Refusal,
@@ -248,9 +256,38 @@ class _SlicedReader(io.RawIOBase):
 
 
 class Refused(Exception):
-    def __init__(self, refusal: Refusal, detail: str) -> None:
+    def __init__(self, refusal: Refusal, detail: str, hint: str = "") -> None:
         super().__init__(detail)
         self.refusal = refusal
+        self.hint = hint  # transport_hint's line when the refusal shows a wrong transport or release
+
+
+class WrongTransport(Exception):
+    """The peer speaks the other transport (HTTP where gRPC was expected, or the reverse): retrying will not help."""
+
+
+# What a node can tell about the SuperLink from how its first call failed (see transport_hint).
+HINTS = {
+    "http_404": "{superlink} answers HTTP 404 on {path}: no Fleet API over HTTP there. flwr 1.40 and later serve "
+                "it on the SuperLink's --port (default 8000); flwr 1.20-1.39 only over gRPC-rere on its "
+                "--fleet-api-address (default 9092): use --superlink HOST:9092 --fleet-transport grpc-rere "
+                "(and --superlink-release 1.22 for 1.20-1.22)",
+    "grpc_peer": "{superlink} is a gRPC server, not HTTP: flwr 1.20-1.39 serve the Fleet API over gRPC-rere on "
+                 "--fleet-api-address (default 9092): add --fleet-transport grpc-rere (and --superlink-release "
+                 "1.22 for 1.20-1.22)",
+    "http_peer": "{superlink} is an HTTP server, not gRPC: flwr 1.40 and later serve the Fleet API over HTTP on "
+                 "the SuperLink's --port (default 8000): use --fleet-transport http; flwr 1.23-1.39's HTTP port "
+                 "has no Fleet API (theirs is gRPC-rere on --fleet-api-address, default 9092)",
+    "no_register": "{superlink} refused RegisterNode ({detail}): flwr 1.20-1.22 SuperLinks join nodes with "
+                   "CreateNode and refuse RegisterNode: if this SuperLink is one, add --superlink-release 1.22",
+    "no_create": "{superlink} refused CreateNode ({detail}): a flwr 1.23 or later SuperLink has no CreateNode: "
+                 "drop --superlink-release (or give its release)",
+}
+
+
+def transport_hint(kind: str, superlink: str, path: str = "", detail: str = "") -> str:
+    """One line naming the SuperLink's likely release range and the flag and port to use."""
+    return HINTS[kind].format(superlink=superlink, path=path, detail=bound_text(detail, 200))
 
 
 class TlsFailure(Exception):
@@ -263,7 +300,7 @@ class HttpFleet:
     def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int,
                  limits: CallLimits) -> None:
         host, _, port = address.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.address, self.host, self.port = address, host.strip("[]"), int(port)
         self.key, self.max_length, self.limits = key, max_length, limits
         self.tls = None
         if root_certificates is not None:
@@ -289,6 +326,12 @@ class HttpFleet:
         except ssl.SSLError as error:  # certificate not trusted, not a TLS server, ...
             self.close()
             raise TlsFailure(bound_text(str(error))) from None
+        except http.client.BadStatusLine as error:
+            self.close()
+            # A gRPC server answers an HTTP/1.1 request with an HTTP/2 SETTINGS frame (length, type 4).
+            if str(error.line).startswith("\x00\x00"):
+                raise WrongTransport(transport_hint("grpc_peer", self.address)) from None
+            raise Unreachable(bound_text(f"BadStatusLine: {error}")) from None
         except (OSError, http.client.HTTPException, ValueError) as error:
             self.close()  # the next attempt opens a fresh connection
             raise Unreachable(bound_text(f"{type(error).__name__}: {error}")) from None
@@ -302,7 +345,8 @@ class HttpFleet:
         refusal = refusal_for_http_status(response.status)
         if refusal is None:
             raise Unreachable(detail)
-        raise Refused(refusal, detail)
+        hint = transport_hint("http_404", self.address, RPCS[rpc].http_path) if response.status == 404 else ""
+        raise Refused(refusal, detail, hint)
 
     def _connect(self) -> None:
         """Connect, unless the keep-alive connection is there and http.client has not let it go."""
@@ -365,7 +409,7 @@ class GrpcFleet:
 
         from fedproto.wire import message_size_options
 
-        self.grpc, self.key, self.limits = grpc, key, limits
+        self.grpc, self.key, self.limits, self.address = grpc, key, limits, address
         options = message_size_options(max_length)
         if root_certificates is None:
             self.channel = grpc.insecure_channel(address, options=options)
@@ -395,10 +439,22 @@ class GrpcFleet:
             # gRPC reports a failed handshake only as UNAVAILABLE with a text; see client/app.py.
             if code == self.grpc.StatusCode.UNAVAILABLE and is_tls_failure(details):
                 raise TlsFailure(detail) from None
+            if code == self.grpc.StatusCode.UNAVAILABLE and "http1.x server" in details:
+                raise WrongTransport(transport_hint("http_peer", self.address)) from None
             refusal = refusal_for_grpc_code(code.name)
             if refusal is None:
                 raise Unreachable(detail) from None
-            raise Refused(refusal, detail) from None
+            raise Refused(refusal, detail, self._join_hint(rpc, code.name, detail)) from None
+
+    def _join_hint(self, rpc: str, code_name: str, detail: str) -> str:
+        """A join RPC the SuperLink does not have: it is of the other generation (fedproto.node.Generation)."""
+        if code_name not in ("UNIMPLEMENTED", "UNAUTHENTICATED"):
+            return ""
+        if rpc == "RegisterNode":
+            return transport_hint("no_register", self.address, detail=detail)
+        if rpc == "CreateNode":
+            return transport_hint("no_create", self.address, detail=detail)
+        return ""
 
     def close(self) -> None:
         self.channel.close()
@@ -425,6 +481,7 @@ def run_node(
     retry: Retry = Retry(),
     call_limits: CallLimits = CallLimits(),
     install_signal_handlers: bool = True,
+    generation: Generation = Generation.REGISTER_ACTIVATE,
 ) -> int:
     """Serve ``handler`` as a node of the SuperLink at ``superlink`` until stopped. Returns an exit code."""
     try:
@@ -439,7 +496,8 @@ def run_node(
     fleet_class = HttpFleet if transport == "http" else GrpcFleet
     fleet = fleet_class(superlink, key, root_certificates, max_message_length, call_limits)
     session = NodeSession(handler, key.public_key_pem, heartbeat_interval=heartbeat_interval,
-                          poll_interval=poll_interval, max_message_length=max_message_length)
+                          poll_interval=poll_interval, max_message_length=max_message_length,
+                          generation=generation)
 
     # A signal only sets flags; the loop sees them between two requests, a call within READ_SLICE.
     wake = threading.Event()  # set by a signal or by the worker when the handler returns
@@ -516,8 +574,13 @@ def _send(fleet: Any, session: NodeSession, step: Send, retry: Retry, interrupt:
             response = fleet.call(step.rpc, step.request, interrupt)
         except Refused as refused:
             log.warning("%s refused by the SuperLink: %s", step.rpc, refused)
+            if refused.hint:
+                log.error("%s", refused.hint)
             session.refused(refused.refusal, time.time())
             return None
+        except WrongTransport as wrong:
+            log.error("%s", wrong)
+            return EXIT_UNREACHABLE
         except TlsFailure as error:
             log.error("TLS handshake with %s failed: %s", superlink, error)
             return EXIT_TLS_ERROR
