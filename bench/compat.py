@@ -167,11 +167,18 @@ class Fleet:
             else:
                 fleet = control
         else:
-            control_flag = "--control-api-address" if release_tuple(self.release) >= (1, 24) else "--exec-api-address"
-            args += ["--fleet-api-address", f"127.0.0.1:{fleet}", "--serverappio-api-address",
-                     f"127.0.0.1:{free_port()}", control_flag, f"127.0.0.1:{control}",
-                     "--simulationio-api-address", f"127.0.0.1:{free_port()}",
-                     "--health-server-address", f"127.0.0.1:{free_port()}"]
+            # Each API on a loopback port of its own; the flags differ between releases: ask this one.
+            offered = subprocess.run([str(self.bin / "flower-superlink"), "--help"], capture_output=True, text=True,
+                                     timeout=120).stdout
+            args += ["--fleet-api-address", f"127.0.0.1:{fleet}"]
+            if "--port" in offered:  # the Control and Runtime APIs over HTTP on one port (1.3x)
+                args += ["--host", "127.0.0.1", "--port", str(control)]
+            else:
+                control_flag = "--control-api-address" if "--control-api-address" in offered else "--exec-api-address"
+                args += [control_flag, f"127.0.0.1:{control}"]
+            for flag in ("--serverappio-api-address", "--simulationio-api-address"):
+                if flag in offered:
+                    args += [flag, f"127.0.0.1:{free_port()}"]
         popen = self.spawn("superlink", args, env)
         for port in {control, fleet}:
             if not wait_listening(port, 60, popen):
@@ -255,7 +262,32 @@ def fleet_cells(release: str, bin_dir: Path, record: bool) -> list[Cell]:
             cells.append(Cell(release, f"fleet {strategy} {transport}", verdict, reason,
                               round(time.monotonic() - started, 1)))
             print(f"{release} fleet {strategy} {transport}: {verdict} {reason}", flush=True)
+    if (1, 23) <= release_tuple(release) < (1, 40):
+        cells.append(hint_cell(release, bin_dir))
+        print(f"{release} {cells[-1].kind}: {cells[-1].verdict} {cells[-1].reason}", flush=True)
     return cells
+
+
+def hint_cell(release: str, bin_dir: Path) -> Cell:
+    """Our node pointed at a 1.23-1.39 SuperLink's HTTP port with the default transport: it must exit 5
+    with the one line that names the gRPC-rere Fleet API (client/fleet.py transport_hint)."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fedproto-compat-") as scratch:
+        fleet = Fleet(bin_dir, release, Path(scratch))
+        try:
+            control, _ = fleet.start_superlink(grpc_fleet=True)
+            node = fleet.start_node(0, control, "http")
+            try:
+                code = node.wait(60)
+            except subprocess.TimeoutExpired:
+                code = None
+            shown = [line for line in fleet.log("node0").splitlines() if "--fleet-transport grpc-rere" in line]
+            verdict = "pass" if code == 5 and len(shown) == 1 else "fail"
+            reason = f"exit {code}; shown: {shown[0].split(': ', 1)[-1] if shown else fleet.log('node0')[-300:]}"
+        finally:
+            fleet.stop_all()
+    return Cell(release, "fleet http on the SuperLink's --port (hint)", verdict, reason.replace("\n", " "),
+                round(time.monotonic() - started, 1))
 
 
 def fleet_cell(release: str, bin_dir: Path, transport: str, strategy: str, record: bool) -> tuple[str, str]:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "examples" / "superlink_app"))
 from superlink_app.arithmetic import ArithmeticClient  # noqa: E402
 
 LEAVING = ("DeleteNode", "DeactivateNode")
-PUBLIC_KEY = b"-----BEGIN PUBLIC KEY-----\nreplayed: the key is not in the requests\n-----END PUBLIC KEY-----\n"
+PUBLIC_KEY = b"-----BEGIN PUBLIC KEY-----\nreplayed: CreateNode does not carry it\n-----END PUBLIC KEY-----\n"
 
 
 def comparable(rpc: str, request: bytes) -> object:
@@ -52,7 +52,10 @@ def comparable(rpc: str, request: bytes) -> object:
 
 def replay(vector: dict) -> NodeSession:
     exchanges = vector["exchanges"]
-    session = NodeSession(ArithmeticClient(client=vector["client"]), PUBLIC_KEY, poll_interval=0.2,
+    public_key = PUBLIC_KEY  # CreateNode carries no key; RegisterNode carries the recorded node's
+    if exchanges[0]["rpc"] == "RegisterNode":
+        public_key = comparable("RegisterNode", base64.b64decode(exchanges[0]["request"])).public_key
+    session = NodeSession(ArithmeticClient(client=vector["client"]), public_key, poll_interval=0.2,
                           generation=generation_for_release(vector["release"]))
     now = exchanges[0]["at"]
     for index, exchange in enumerate(exchanges):
@@ -92,4 +95,4 @@ def test_recorded_exchange_with_an_older_superlink_replays(path):
 
 def test_the_vectors_cover_the_releases_the_node_has_a_generation_for():
     releases = {path.stem.removeprefix("flwr-") for path in VECTORS}
-    assert {"1.22.0"} <= releases
+    assert {"1.22.0", "1.39.0"} <= releases
