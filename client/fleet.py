@@ -275,7 +275,7 @@ HINTS = {
     "grpc_peer": "{superlink} is a gRPC server, not HTTP: flwr 1.20-1.39 serve the Fleet API over gRPC-rere on "
                  "--fleet-api-address (default 9092): add --fleet-transport grpc-rere (and --superlink-release "
                  "1.22 for 1.20-1.22)",
-    "http_peer": "{superlink} is an HTTP server, not gRPC: flwr 1.40 and later serve the Fleet API over HTTP on "
+    "http_peer": "{superlink} does not answer gRPC (an HTTP/1.x server?): flwr 1.40 and later serve the Fleet API over HTTP on "
                  "the SuperLink's --port (default 8000): use --fleet-transport http; flwr 1.23-1.39's HTTP port "
                  "has no Fleet API (theirs is gRPC-rere on --fleet-api-address, default 9092)",
     "no_register": "{superlink} refused RegisterNode ({detail}): flwr 1.20-1.22 SuperLinks join nodes with "
@@ -439,7 +439,8 @@ class GrpcFleet:
             # gRPC reports a failed handshake only as UNAVAILABLE with a text; see client/app.py.
             if code == self.grpc.StatusCode.UNAVAILABLE and is_tls_failure(details):
                 raise TlsFailure(detail) from None
-            if code == self.grpc.StatusCode.UNAVAILABLE and "http1.x server" in details:
+            # gRPC's words for a peer that answered in HTTP/1.x (or anything but HTTP/2).
+            if code == self.grpc.StatusCode.UNAVAILABLE and "Failed parsing HTTP/2" in details:
                 raise WrongTransport(transport_hint("http_peer", self.address)) from None
             refusal = refusal_for_grpc_code(code.name)
             if refusal is None:
