@@ -275,8 +275,9 @@ HINTS = {
     "grpc_peer": "{superlink} is a gRPC server, not HTTP: flwr 1.20-1.39 serve the Fleet API over gRPC-rere on "
                  "--fleet-api-address (default 9092): add --fleet-transport grpc-rere (and --superlink-release "
                  "1.22 for 1.20-1.22)",
-    "http_peer": "{superlink} does not answer gRPC (an HTTP/1.x server?): flwr 1.40 and later serve the Fleet API over HTTP on "
-                 "the SuperLink's --port (default 8000): use --fleet-transport http; flwr 1.23-1.39's HTTP port "
+    "http_peer": "{superlink} does not answer gRPC (an HTTP/1.x server?): flwr 1.40 and later serve the Fleet "
+                 "API over HTTP on the SuperLink's --port (default 8000): use --fleet-transport http; flwr "
+                 "1.23-1.39's HTTP port "
                  "has no Fleet API (theirs is gRPC-rere on --fleet-api-address, default 9092)",
     "no_register": "{superlink} refused RegisterNode ({detail}): flwr 1.20-1.22 SuperLinks join nodes with "
                    "CreateNode and refuse RegisterNode: if this SuperLink is one, add --superlink-release 1.22",
