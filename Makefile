@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install c-port-packages proto lint test run bench fuzz clean
+.PHONY: install c-port-packages proto lint test run bench fuzz compat clean
 
 install: $(STAMP) c-port-packages
 
@@ -62,6 +62,12 @@ FUZZ_SECONDS ?= 300
 fuzz: proto
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[fuzz]'
 	$(PY) tests/fuzz_campaign.py --seconds $(FUZZ_SECONDS)
+
+# The compatibility matrix (docs/compat.md): every release in FLWR_VERSIONS (default: a spread from
+# 1.0 to the newest), each in a venv of its own cached in ~/.cache/fedproto-compat. Downloads
+# releases: not part of make test. FLWR_VERSIONS=1.22.0,1.42.0 make compat to choose.
+compat: proto
+	$(PY) -m fedproto.bench.compat $(if $(FLWR_VERSIONS),--versions $(FLWR_VERSIONS))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -268,6 +268,53 @@ def fleet_cells(release: str, bin_dir: Path, record: bool) -> list[Cell]:
     return cells
 
 
+def join_cell(release: str, bin_dir: Path) -> Cell:
+    """Our edge client (Join, grpc-bidi) x2 against the release's start_server (examples/flwr_server.py),
+    2 rounds of FedAvg, judged as tests/test_client_interop.py does: exit codes and every round's model."""
+    import numpy as np
+
+    import interop_handlers as handlers
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fedproto-compat-") as scratch:
+        fleet = Fleet(bin_dir, release, Path(scratch))
+        address, record = f"127.0.0.1:{free_port()}", Path(scratch) / "aggregated"
+        try:
+            server = fleet.spawn("flwr_server", [str(bin_dir / "python"), str(ROOT / "examples" / "flwr_server.py"),
+                                                 "--address", address, "--rounds", str(ROUNDS), "--min-clients", "2",
+                                                 "--history", f"{scratch}/history.json", "--record-dir", str(record)])
+            clients = [fleet.spawn(f"client{k}", [sys.executable, "-m", "fedproto.client", "--server", address,
+                                                  "--app", "interop_handlers:delta_client", "--retry-delay", "0.5"],
+                                   {"PYTHONPATH": str(ROOT / "tests"), "HANDLER_CLIENT": str(k)}) for k in (0, 1)]
+            codes = []
+            for proc in [server, *clients]:
+                try:
+                    codes.append(proc.wait(RUN_TIMEOUT))
+                except subprocess.TimeoutExpired:
+                    codes.append(None)
+            reason = "" if codes == [0, 0, 0] else (f"exit codes (server, clients) {codes}: "
+                                                    f"{fleet.log('flwr_server')[-300:]} {fleet.log('client0')[-300:]}")
+            params = [array.astype(np.float64) for array in handlers.initial_parameters()]
+            for rnd in range(1, ROUNDS + 1):
+                if reason:
+                    break
+                results = [(handlers.fit_examples(k), [a + d for a, d in zip(params, handlers.fit_delta(k, rnd))])
+                           for k in (0, 1)]
+                total = sum(n for n, _ in results)
+                params = [sum(n * arrays[i] for n, arrays in results) / total for i in range(len(params))]
+                with np.load(record / f"round_{rnd}.npz") as npz:
+                    got = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+                close = all(np.allclose(g, e, rtol=0, atol=1e-6) for g, e in zip(got, params))
+                if len(got) != len(params) or not close:
+                    reason = f"round {rnd}: the aggregated model is not the weighted mean of the two clients' results"
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+        finally:
+            fleet.stop_all()
+    return Cell(release, "join: our edge client x2 -> their start_server", "pass" if not reason else "fail",
+                reason.replace("\n", " ")[:600], round(time.monotonic() - started, 1))
+
+
 def hint_cell(release: str, bin_dir: Path) -> Cell:
     """Our node pointed at a 1.23-1.39 SuperLink's HTTP port with the default transport: it must exit 5
     with the one line that names the gRPC-rere Fleet API (client/fleet.py transport_hint)."""
@@ -357,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as error:
             cells.append(Cell(release, "install", "fail", f"pip install flwr=={release} failed: {error}", 0.0))
             continue
+        cells.append(join_cell(release, bin_dir))
+        print(f"{release} {cells[-1].kind}: {cells[-1].verdict} {cells[-1].reason}", flush=True)
         cells += fleet_cells(release, bin_dir, args.record_vectors)
         write_reports(cells, args.out)
     write_reports(cells, args.out)
