@@ -47,8 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "examples" / "superlink_app"))
-from superlink_app.arithmetic import expected_fedavg  # noqa: E402
-from superlink_harness import free_port, stop_tree, wait_listening  # noqa: E402
+from superlink_app.arithmetic import expected_fedavg  # type: ignore[import-not-found]  # noqa: E402
+from superlink_harness import free_port, stop_tree, wait_listening  # type: ignore[import-not-found]  # noqa: E402
 
 CACHE = Path(os.environ.get("FEDPROTO_COMPAT_CACHE", Path.home() / ".cache" / "fedproto-compat"))
 DEFAULT_VERSIONS = "1.0.0,1.5.0,1.10.0,1.13.1,1.18.0,1.20.0,1.21.0,1.22.0,1.23.0,1.30.0,1.39.0,1.40.0,1.42.0"
@@ -273,7 +273,7 @@ def join_cell(release: str, bin_dir: Path) -> Cell:
     2 rounds of FedAvg, judged as tests/test_client_interop.py does: exit codes and every round's model."""
     import numpy as np
 
-    import interop_handlers as handlers
+    import interop_handlers as handlers  # type: ignore[import-not-found]
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedproto-compat-") as scratch:
@@ -286,7 +286,7 @@ def join_cell(release: str, bin_dir: Path) -> Cell:
             clients = [fleet.spawn(f"client{k}", [sys.executable, "-m", "fedproto.client", "--server", address,
                                                   "--app", "interop_handlers:delta_client", "--retry-delay", "0.5"],
                                    {"PYTHONPATH": str(ROOT / "tests"), "HANDLER_CLIENT": str(k)}) for k in (0, 1)]
-            codes = []
+            codes: list[int | None] = []
             for proc in [server, *clients]:
                 try:
                     codes.append(proc.wait(RUN_TIMEOUT))
@@ -350,7 +350,7 @@ def fleet_cell(release: str, bin_dir: Path, transport: str, strategy: str, recor
                 node_address[0] = f"127.0.0.1:{recorder.port}"
             nodes = [fleet.start_node(client, node_address[client], transport) for client in (0, 1)]
             status, reason = fleet.run(app, strategy)
-            codes = []
+            codes: list[int | None] = []
             for node in nodes:
                 if node.poll() is None:
                     node.send_signal(signal.SIGTERM)

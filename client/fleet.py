@@ -330,7 +330,7 @@ class HttpFleet:
         except http.client.BadStatusLine as error:
             self.close()
             # A gRPC server answers an HTTP/1.1 request with an HTTP/2 SETTINGS frame (length, type 4).
-            if str(error.line).startswith("\x00\x00"):
+            if str(error).startswith("\x00\x00"):  # str() is the line received
                 raise WrongTransport(transport_hint("grpc_peer", self.address)) from None
             raise Unreachable(bound_text(f"BadStatusLine: {error}")) from None
         except (OSError, http.client.HTTPException, ValueError) as error:
