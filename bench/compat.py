@@ -252,6 +252,12 @@ def fleet_cells(release: str, bin_dir: Path, record: bool) -> list[Cell]:
     if release_tuple(release) < (1, 20):
         return [Cell(release, "fleet", "n/a", "before 1.20 the Fleet API is of another generation (TaskIns/TaskRes, "
                      "no object store): fedproto's node serves 1.20 and later", 0.0)]
+    # examples/superlink_app's ServerApp imports the message-API strategies (flwr.serverapp.strategy, 1.21+).
+    has_app_api = subprocess.run([str(bin_dir / "python"), "-c", "import flwr.app, flwr.serverapp.strategy"],
+                                 capture_output=True, timeout=120).returncode == 0
+    if not has_app_api:
+        return [Cell(release, "fleet", "n/a", "examples/superlink_app needs flwr.serverapp.strategy (flwr 1.21+); "
+                     "this release's own ServerApps could be used instead", 0.0)]
     transports = ["grpc-rere"] if release_tuple(release) < (1, 40) else ["http", "grpc-rere"]
     cells = []
     for transport in transports:
