@@ -321,6 +321,59 @@ def join_cell(release: str, bin_dir: Path) -> Cell:
                 reason.replace("\n", " ")[:600], round(time.monotonic() - started, 1))
 
 
+def reverse_join_cell(release: str, bin_dir: Path) -> Cell:
+    """The release's NumPyClient x2 (tests/flwr_numpy_client.py, start_client) against our server
+    (python -m fedproto.server), 2 rounds of FedAvg; pass = every exit code 0, no failures, and each
+    round's distributed loss the one the exact weighted mean of the two clients' results gives."""
+    import numpy as np
+
+    import interop_handlers as handlers  # type: ignore[import-not-found]
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fedproto-compat-") as scratch:
+        fleet = Fleet(bin_dir, release, Path(scratch))
+        address, history = f"127.0.0.1:{free_port()}", Path(scratch) / "history.json"
+        initial = Path(scratch) / "initial.npz"
+        np.savez(initial, *handlers.initial_parameters())
+        try:
+            server = fleet.spawn("our_server", [sys.executable, "-m", "fedproto.server", "--address", address,
+                                                "--rounds", str(ROUNDS), "--min-clients", "2", "--wait-timeout", "60",
+                                                "--initial-parameters", str(initial), "--history", str(history)])
+            wait_listening(int(address.rpartition(":")[2]), 30, server)
+            clients = [fleet.spawn(f"flwr_client{k}", [str(bin_dir / "python"),
+                                                       str(ROOT / "tests" / "flwr_numpy_client.py"), address],
+                                   {"PYTHONPATH": str(ROOT / "tests"), "HANDLER_CLIENT": str(k)}) for k in (0, 1)]
+            codes: list[int | None] = []
+            for proc in [server, *clients]:
+                try:
+                    codes.append(proc.wait(RUN_TIMEOUT))
+                except subprocess.TimeoutExpired:
+                    codes.append(None)
+            logs = f"{fleet.log('our_server')[-300:]} {fleet.log('flwr_client0')[-300:]}"
+            reason = "" if codes == [0, 0, 0] else f"exit codes (server, clients) {codes}: {logs}"
+            if not reason:
+                recorded = json.loads(history.read_text())
+                params = [array.astype(np.float64) for array in handlers.initial_parameters()]
+                for rnd in range(1, ROUNDS + 1):
+                    results = [(handlers.fit_examples(k), [a + d for a, d in zip(params, handlers.fit_delta(k, rnd))])
+                               for k in (0, 1)]
+                    total = sum(n for n, _ in results)
+                    params = [sum(n * arrays[i] for n, arrays in results) / total for i in range(len(params))]
+                    losses = [(handlers.evaluate_examples(k), float(np.float32(handlers.evaluate_loss(k, params))))
+                              for k in (0, 1)]
+                    expected = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
+                    got = dict((int(r), loss) for r, loss in recorded["losses_distributed"]).get(rnd)
+                    if got is None or abs(got - expected) > 1e-9:  # EvaluateRes.loss is a float32
+                        reason = f"round {rnd}: distributed loss {got}, the weighted mean gives {expected}"
+                        break
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+        finally:
+            fleet.stop_all()
+    return Cell(release, "join: their NumPyClient x2 -> our server", "pass" if not reason else "fail",
+                reason.replace("\n", " ")[:600], round(time.monotonic() - started, 1))
+
+
 def hint_cell(release: str, bin_dir: Path) -> Cell:
     """Our node pointed at a 1.23-1.39 SuperLink's HTTP port with the default transport: it must exit 5
     with the one line that names the gRPC-rere Fleet API (client/fleet.py transport_hint)."""
@@ -410,8 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as error:
             cells.append(Cell(release, "install", "fail", f"pip install flwr=={release} failed: {error}", 0.0))
             continue
-        cells.append(join_cell(release, bin_dir))
-        print(f"{release} {cells[-1].kind}: {cells[-1].verdict} {cells[-1].reason}", flush=True)
+        for cell in (join_cell, reverse_join_cell):
+            cells.append(cell(release, bin_dir))
+            print(f"{release} {cells[-1].kind}: {cells[-1].verdict} {cells[-1].reason}", flush=True)
         cells += fleet_cells(release, bin_dir, args.record_vectors)
         write_reports(cells, args.out)
     write_reports(cells, args.out)
