@@ -327,7 +327,7 @@ def reverse_join_cell(release: str, bin_dir: Path) -> Cell:
     round's distributed loss the one the exact weighted mean of the two clients' results gives."""
     import numpy as np
 
-    import interop_handlers as handlers  # type: ignore[import-not-found]
+    import interop_handlers as handlers
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedproto-compat-") as scratch:
