@@ -250,8 +250,9 @@ class Fleet:
 
 def fleet_cells(release: str, bin_dir: Path, record: bool) -> list[Cell]:
     if release_tuple(release) < (1, 20):
-        return [Cell(release, "fleet", "n/a", "before 1.20 the Fleet API is of another generation (TaskIns/TaskRes, "
-                     "no object store): fedproto's node serves 1.20 and later", 0.0)]
+        why = ("before 1.20 the Fleet API is of another generation (TaskIns/TaskRes before 1.15, no ObjectTree "
+               "before 1.20): fedproto's node serves 1.20 and later")
+        return [Cell(release, "fleet", "n/a", why, 0.0)]
     # examples/superlink_app's ServerApp imports the message-API strategies (flwr.serverapp.strategy, 1.21+).
     has_app_api = subprocess.run([str(bin_dir / "python"), "-c", "import flwr.app, flwr.serverapp.strategy"],
                                  capture_output=True, timeout=120).returncode == 0
