@@ -376,8 +376,9 @@ def reverse_join_cell(release: str, bin_dir: Path) -> Cell:
 
 
 def hint_cell(release: str, bin_dir: Path) -> Cell:
-    """Our node pointed at a 1.23-1.39 SuperLink's HTTP port with the default transport: it must exit 5
-    with the one line that names the gRPC-rere Fleet API (client/fleet.py transport_hint)."""
+    """Our node pointed at a 1.23-1.39 SuperLink's Control API address with the default HTTP transport: it
+    must exit with the one line that names the gRPC-rere Fleet API (client/fleet.py transport_hint): exit 5
+    after a 404 where that port is HTTP (1.3x's --port), exit 3 where it is gRPC (1.23's Control API)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedproto-compat-") as scratch:
         fleet = Fleet(bin_dir, release, Path(scratch))
@@ -389,11 +390,11 @@ def hint_cell(release: str, bin_dir: Path) -> Cell:
             except subprocess.TimeoutExpired:
                 code = None
             shown = [line for line in fleet.log("node0").splitlines() if "--fleet-transport grpc-rere" in line]
-            verdict = "pass" if code == 5 and len(shown) == 1 else "fail"
+            verdict = "pass" if code in (3, 5) and len(shown) == 1 else "fail"
             reason = f"exit {code}; shown: {shown[0].split(': ', 1)[-1] if shown else fleet.log('node0')[-300:]}"
         finally:
             fleet.stop_all()
-    return Cell(release, "fleet http on the SuperLink's --port (hint)", verdict, reason.replace("\n", " "),
+    return Cell(release, "fleet http on the SuperLink's Control API address (hint)", verdict, reason.replace("\n", " "),
                 round(time.monotonic() - started, 1))
 
 
