@@ -161,7 +161,8 @@ def test_generator_reproduces_the_rpc_and_signature_vectors(tmp_path):
 
 
 def test_every_fleet_rpc_has_an_exchange():
-    assert {exchange["rpc"] for exchange in EXCHANGES} == set(RPCS) == set(FLEET_SERVICE.methods_by_name)
+    older_only = {"CreateNode", "DeleteNode"}  # flwr 1.20-1.22's (fedproto/fleet_1_20_pb2), not in 1.42's contract
+    assert {exchange["rpc"] for exchange in EXCHANGES} == set(RPCS) - older_only == set(FLEET_SERVICE.methods_by_name)
 
 
 @pytest.mark.parametrize("exchange", EXCHANGES, ids=lambda e: e["name"])
