@@ -51,7 +51,11 @@ from superlink_app.arithmetic import expected_fedavg  # type: ignore[import-not-
 from superlink_harness import free_port, stop_tree, wait_listening  # type: ignore[import-not-found]  # noqa: E402
 
 CACHE = Path(os.environ.get("FEDPROTO_COMPAT_CACHE", Path.home() / ".cache" / "fedproto-compat"))
-DEFAULT_VERSIONS = "1.0.0,1.5.0,1.10.0,1.13.1,1.18.0,1.20.0,1.21.0,1.22.0,1.23.0,1.30.0,1.39.0,1.40.0,1.42.0"
+# A spread from 1.0, every release of the 1.20-1.23 transition, and the newest release and nightly the package
+# index has ("latest", "nightly": resolved by pip when the run starts).
+DEFAULT_VERSIONS = ("1.0.0,1.5.0,1.10.0,1.13.1,1.18.0,1.20.0,1.21.0,1.22.0,1.23.0,1.30.0,1.39.0,1.40.0,1.42.0,"
+                    "latest,nightly")
+INDEX_PACKAGES = {"latest": "flwr", "nightly": "flwr-nightly"}
 VECTORS = ROOT / "tests" / "data" / "compat_vectors"
 APP = "superlink_app.handlers:make_client"
 ROUNDS = 2
@@ -72,15 +76,40 @@ class Cell:
     seconds: float
 
 
+def package_of(release: str) -> str:
+    """flwr's nightlies are another package on the index, versioned X.Y.Z.devDATE."""
+    return "flwr-nightly" if ".dev" in release else "flwr"
+
+
+def newest_on_index(package: str) -> str | None:
+    """The newest version of ``package`` the configured package index offers (None: it has none)."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package, "--pre"],
+                            capture_output=True, text=True, timeout=180)
+    first = listed.stdout.splitlines()[0] if listed.returncode == 0 and listed.stdout else ""
+    return first.partition("(")[2].rstrip(")") or None  # "flwr (1.42.0)"
+
+
+def resolve_releases(tokens: str) -> tuple[list[str], list[Cell]]:
+    """The releases to run, in order, once each; "latest" and "nightly" asked of the index."""
+    releases, unresolved = [], []
+    for token in (t.strip() for t in tokens.split(",") if t.strip()):
+        release = newest_on_index(INDEX_PACKAGES[token]) if token in INDEX_PACKAGES else token
+        if release is None:
+            unresolved.append(Cell(token, "install", "n/a", f"the package index has no {INDEX_PACKAGES[token]}", 0.0))
+        elif release not in releases:
+            releases.append(release)
+    return releases, unresolved
+
+
 def venv_for(release: str) -> Path:
-    """The release's venv bin/, created once (pip install flwr==release)."""
-    venv = CACHE / f"flwr-{release}"
+    """The release's venv bin/, created once (pip install flwr==release, or flwr-nightly==...)."""
+    venv = CACHE / f"{package_of(release)}-{release}"
     marker = venv / ".installed"
     if not marker.exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        f"flwr=={release}"], check=True)
+                        f"{package_of(release)}=={release}"], check=True)
         marker.touch()
     return venv / "bin"
 
@@ -253,19 +282,22 @@ def fleet_cells(release: str, bin_dir: Path, record: bool) -> list[Cell]:
         why = ("before 1.20 the Fleet API is of another generation (TaskIns/TaskRes before 1.15, no ObjectTree "
                "before 1.20): fedproto's node serves 1.20 and later")
         return [Cell(release, "fleet", "n/a", why, 0.0)]
-    # examples/superlink_app's ServerApp imports the message-API strategies (flwr.serverapp.strategy, 1.21+).
-    has_app_api = subprocess.run([str(bin_dir / "python"), "-c", "import flwr.app, flwr.serverapp.strategy"],
-                                 capture_output=True, timeout=120).returncode == 0
-    if not has_app_api:
-        return [Cell(release, "fleet", "n/a", "examples/superlink_app needs flwr.serverapp.strategy (flwr 1.21+); "
-                     "this release's own ServerApps could be used instead", 0.0)]
+    # The legacy strategy (flwr.server.strategy in ServerApp(server_fn=...)) runs on every release with a
+    # Fleet API of this generation; the message-API strategies (flwr.serverapp.strategy) arrived in 1.21.
+    has_message_api = subprocess.run([str(bin_dir / "python"), "-c", "import flwr.serverapp.strategy"],
+                                     capture_output=True, timeout=120).returncode == 0
     transports = ["grpc-rere"] if release_tuple(release) < (1, 40) else ["http", "grpc-rere"]
     cells = []
     for transport in transports:
         for strategy in ("message", "legacy"):
+            if strategy == "message" and not has_message_api:
+                cells.append(Cell(release, f"fleet {strategy} {transport}", "n/a",
+                                  "this release has no message-API strategies (flwr.serverapp.strategy: 1.21+)", 0.0))
+                continue
             started = time.monotonic()
-            verdict, reason = fleet_cell(release, bin_dir, transport, strategy,
-                                         record and transport == "grpc-rere" and strategy == "message")
+            # The exchange kept for tests/test_compat_vectors.py: gRPC-rere, the newest strategy the release has.
+            recorded = record and transport == "grpc-rere" and strategy == ("message" if has_message_api else "legacy")
+            verdict, reason = fleet_cell(release, bin_dir, transport, strategy, recorded)
             cells.append(Cell(release, f"fleet {strategy} {transport}", verdict, reason,
                               round(time.monotonic() - started, 1)))
             print(f"{release} fleet {strategy} {transport}: {verdict} {reason}", flush=True)
@@ -453,17 +485,19 @@ def write_reports(cells: list[Cell], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", default=os.environ.get("FLWR_VERSIONS", DEFAULT_VERSIONS),
-                        help="comma-separated flwr releases (default: $FLWR_VERSIONS or a spread 1.0-1.42)")
+                        help="comma-separated flwr releases; 'latest' and 'nightly' are the index's newest flwr and "
+                             "flwr-nightly (default: $FLWR_VERSIONS or a spread from 1.0 to latest and nightly)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "compat")
     parser.add_argument("--record-vectors", action="store_true",
                         help="record one node's gRPC-rere exchange per release into tests/data/compat_vectors/")
     args = parser.parse_args(argv)
-    cells: list[Cell] = []
-    for release in [version.strip() for version in args.versions.split(",") if version.strip()]:
+    releases, cells = resolve_releases(args.versions)
+    for release in releases:
         try:
             bin_dir = venv_for(release)
         except subprocess.CalledProcessError as error:
-            cells.append(Cell(release, "install", "fail", f"pip install flwr=={release} failed: {error}", 0.0))
+            cells.append(Cell(release, "install", "fail",
+                              f"pip install {package_of(release)}=={release} failed: {error}", 0.0))
             continue
         for cell in (join_cell, reverse_join_cell):
             cells.append(cell(release, bin_dir))

@@ -186,7 +186,8 @@ def main() -> None:
     )
     args.history.write_text(json.dumps({
         "losses_distributed": history.losses_distributed,
-        "metrics_distributed_fit": history.metrics_distributed_fit,
+        # History.metrics_distributed_fit is missing in older releases (flwr 1.0 among them)
+        "metrics_distributed_fit": getattr(history, "metrics_distributed_fit", {}),
         "metrics_distributed": history.metrics_distributed,
         "failures": strategy.failures,
         "properties": server.properties,

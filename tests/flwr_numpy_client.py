@@ -30,4 +30,10 @@ class HandlerAsNumPyClient(NumPyClient):
 
 
 if __name__ == "__main__":
-    start_client(server_address=sys.argv[1], client=HandlerAsNumPyClient(interop_handlers.delta_client()).to_client())
+    numpy_client = HandlerAsNumPyClient(interop_handlers.delta_client())
+    if hasattr(numpy_client, "to_client"):
+        start_client(server_address=sys.argv[1], client=numpy_client.to_client())
+    else:  # older releases (flwr 1.0 among them): NumPyClient has no to_client(), start_numpy_client wraps it
+        from flwr.client import start_numpy_client
+
+        start_numpy_client(server_address=sys.argv[1], client=numpy_client)

@@ -1,7 +1,10 @@
 """FedAvg ServerApp that records what it aggregated, for tests to compare with their own arithmetic.
 
 Run config ``strategy`` picks the strategy: ``"message"`` runs flwr.serverapp.strategy.FedAvg,
-``"legacy"`` runs flwr.server.strategy.FedAvg inside ``ServerApp(server_fn=...)``. When
+``"legacy"`` runs flwr.server.strategy.FedAvg inside ``ServerApp(server_fn=...)``. This module
+imports only what flwr 1.20 already has (``flwr.common``, ``flwr.server``), so the legacy
+strategy runs on SuperLinks 1.20 and later; the message-API strategies arrived in 1.21 and live
+in :mod:`superlink_app.message_api`, imported only when the run asks for them. When
 ``result-dir`` is set, the ServerApp writes there
 - ``final_arrays.npz``: the final global model (arr_0, arr_1, ... in model order);
 - ``report.json``: per round and phase ("train" / "evaluate"), every reply it received: the sending
@@ -15,12 +18,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server import ServerAppComponents, ServerConfig
+from flwr.common import Context, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server import strategy as legacy_strategy
-from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from superlink_app.arithmetic import initial_arrays
 
@@ -70,33 +70,6 @@ class PollingGrid(Grid):
         return replies
 
 
-def _describe_reply(msg) -> dict:
-    if msg.has_error():
-        return {"node": msg.metadata.src_node_id, "error": msg.error.code, "reason": msg.error.reason}
-    metrics = {}
-    for record in msg.content.metric_records.values():
-        metrics.update({key: value for key, value in record.items()})
-    return {"node": msg.metadata.src_node_id, "error": None, "metrics": metrics}
-
-
-class RecordingFedAvg(FedAvg):
-    """Message-API FedAvg that also records every reply it is given."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.replies: dict[str, dict[int, list[dict]]] = {"train": {}, "evaluate": {}}
-
-    def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        self.replies["train"][server_round] = [_describe_reply(msg) for msg in replies]
-        return super().aggregate_train(server_round, replies)
-
-    def aggregate_evaluate(self, server_round, replies):
-        replies = list(replies)
-        self.replies["evaluate"][server_round] = [_describe_reply(msg) for msg in replies]
-        return super().aggregate_evaluate(server_round, replies)
-
-
 class RecordingLegacyFedAvg(legacy_strategy.FedAvg):
     """Legacy FedAvg that also records results, failures and the latest global parameters."""
 
@@ -131,25 +104,6 @@ def _round_config(server_round: int) -> dict:
     return {"server-round": server_round}
 
 
-def _run_message_api(grid: Grid, config: dict) -> tuple[list[np.ndarray], dict]:
-    nodes = int(config["min-nodes"])
-    strategy = RecordingFedAvg(
-        min_train_nodes=nodes, min_evaluate_nodes=nodes, min_available_nodes=nodes
-    )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial_arrays(int(config["extra-elements"]))),
-        num_rounds=int(config["num-rounds"]),
-        timeout=float(config["round-timeout"]),
-        train_config=ConfigRecord(),
-    )
-    aggregated = {
-        "train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
-        "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
-    }
-    return result.arrays.to_numpy_ndarrays(), {"replies": strategy.replies, "aggregated": aggregated}
-
-
 def _run_legacy(grid: Grid, context: Context, config: dict) -> tuple[list[np.ndarray], dict]:
     nodes = int(config["min-nodes"])
     strategy = RecordingLegacyFedAvg(
@@ -177,7 +131,9 @@ def main(grid: Grid, context: Context) -> None:
     config = dict(context.run_config)
     grid = PollingGrid(grid, float(config["poll-interval"]))
     if config["strategy"] == "message":
-        arrays, report = _run_message_api(grid, config)
+        from superlink_app.message_api import run_message_api  # flwr 1.21+
+
+        arrays, report = run_message_api(grid, config)
     elif config["strategy"] == "legacy":
         arrays, report = _run_legacy(grid, context, config)
     else:
