@@ -117,13 +117,16 @@ def rounds_section(result: dict) -> str:
     ])
 
 
+SCALE_SERVERS = ("floor", "ours", "flwr")  # floor: bench.floor_server, the bare grpc.aio Join server
+
+
 def scale_table(result: dict) -> str:
-    lines = ["| N | ours s/round | flwr s/round | flwr / ours | ours peak RSS MB | flwr peak RSS MB "
-             "| ours CPU s | flwr CPU s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| N | floor s/round | ours s/round | flwr s/round | ours / floor | flwr / ours | floor peak RSS MB "
+             "| ours peak RSS MB | flwr peak RSS MB | floor CPU s | ours CPU s | flwr CPU s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in sorted({run["clients"] for run in result["runs"]}):
         cells, medians = {}, {}
-        for server in SERVERS:
+        for server in SCALE_SERVERS:
             mine = [run for run in result["runs"] if run["clients"] == clients and run["server"] == server]
             done = [run["seconds_per_round"] for run in mine if run["completed"]]
             if not mine:
@@ -137,10 +140,26 @@ def scale_table(result: dict) -> str:
                 medians[server] = statistics.median(done)
             cells[server] = (time_cell, spread([run["peak_rss_mb"] for run in mine], ".0f"),
                              spread([run["cpu_seconds"] for run in mine], ".1f"))
-        ratio = f"{medians['flwr'] / medians['ours']:.1f}x" if len(medians) == 2 else "—"
-        lines.append(f"| {clients} | {cells['ours'][0]} | {cells['flwr'][0]} | {ratio} | {cells['ours'][1]} "
-                     f"| {cells['flwr'][1]} | {cells['ours'][2]} | {cells['flwr'][2]} |")
+        over_floor = _scale_ratio(result, clients, "ours", "floor")
+        ratio = f"{medians['flwr'] / medians['ours']:.1f}x" if "flwr" in medians and "ours" in medians else "—"
+        lines.append(f"| {clients} | {' | '.join(cells[s][0] for s in SCALE_SERVERS)} | {over_floor} | {ratio} "
+                     f"| {' | '.join(cells[s][1] for s in SCALE_SERVERS)} "
+                     f"| {' | '.join(cells[s][2] for s in SCALE_SERVERS)} |")
     return "\n".join(lines)
+
+
+def _scale_ratio(result: dict, clients: int, numerator: str, denominator: str) -> str:
+    """Median over the repeats of numerator / denominator s/round, each repeat's pair measured back to back,
+    with its min-max; a dash if no repeat completed on both sides."""
+    by_repeat: dict[int, dict[str, float]] = {}
+    for run in result["runs"]:
+        if run["clients"] == clients and run["server"] in (numerator, denominator) and run["completed"]:
+            by_repeat.setdefault(run.get("repeat", 0), {})[run["server"]] = run["seconds_per_round"]
+    ratios = [pair[numerator] / pair[denominator] for pair in by_repeat.values() if len(pair) == 2]
+    if not ratios:
+        return "—"
+    median = f"{statistics.median(ratios):.2f}x"
+    return median if len(ratios) == 1 else f"{median} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def scale_section(result: dict) -> str:
@@ -149,7 +168,10 @@ def scale_section(result: dict) -> str:
         "",
         f"`bench.scale`: each server against the load generator ({result['processes']} processes, "
         f"{result['streams_per_channel']} streams per channel), 1,000-parameter model, {result['rounds']} rounds "
-        "per run. Median (min-max) of the runs. flwr's legacy server admits at most 1,000 streams, so above "
+        "per run. Median (min-max) of the runs. *floor* is a bare grpc.aio Join server (`bench.floor_server`) "
+        "that sends the same instructions and only counts the replies; *ours / floor* is the median of each "
+        "repeat's ratio (its two runs back to back), min-max in brackets: target at most 1.15x at 10,000. "
+        "flwr's legacy server admits at most 1,000 streams, so above "
         f"that it is run once with a {result['flwr_capped_timeout']:.0f} s timeout (it waits forever for the "
         "clients it refuses).",
         "",
@@ -234,7 +256,7 @@ def plot_scale(result: dict, path: Path) -> None:
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     figure, (time_axis, rss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for server, marker in (("ours", "o"), ("flwr", "s")):
+    for server, marker in zip(SCALE_SERVERS, ("^", "o", "s"), strict=True):
         mine = [run for run in result["runs"] if run["server"] == server]
         counts = sorted({run["clients"] for run in mine})
         for axis, key in ((time_axis, "seconds_per_round"), (rss_axis, "peak_rss_mb")):

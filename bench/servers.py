@@ -1,7 +1,8 @@
-"""The two servers under test, each run with FedAvg and the same clock on its rounds.
+"""The servers under test, each run with FedAvg and the same clock on its rounds.
 
     python -m fedproto.bench.servers flwr --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report flwr.json
     python -m fedproto.bench.servers ours --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report ours.json
+    python -m fedproto.bench.servers floor --address 127.0.0.1:8080 --clients 1000 --rounds 2 --report floor.json
 
 Both use FedAvg with fraction 1.0 and min fit/evaluate/available clients = N, starting from
 the same model of zeros: a 1,000-parameter float32 vector, or with ``--side S`` one S x S float32
@@ -10,6 +11,8 @@ each server times its own rounds the same way: a round starts when ``configure_f
 (the N clients are connected and sampled) and ends when ``aggregate_evaluate`` returns (fit and
 evaluate of all N done and aggregated). Connecting the clients is timed separately and is not
 part of a round. The report is written when the server returns, so a run that never finishes leaves none.
+``floor`` is the bare grpc.aio server of ``bench.floor_server`` (no strategy: it sends the
+instructions and counts the replies), timed at the same points.
 """
 
 from __future__ import annotations
@@ -145,7 +148,14 @@ def run_ours(address: str, clients: int, rounds: int, report: str, side: int | N
     clock.write(report, "ours", clients)
 
 
-RUNNERS = {"ours": run_ours, "flwr": run_flwr}
+def run_floor(address: str, clients: int, rounds: int, report: str, side: int | None) -> None:
+    """The bare grpc.aio Join server (``bench.floor_server``): instructions out, replies counted."""
+    from fedproto.bench import floor_server
+
+    floor_server.run(address, clients, rounds, report, side)
+
+
+RUNNERS = {"floor": run_floor, "ours": run_ours, "flwr": run_flwr}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,10 +117,24 @@ def test_bench_run_writes_json_plot_and_summary(tmp_path, monkeypatch):
 def test_summary_shows_median_spread_and_a_run_that_did_not_complete():
     from fedproto.bench.report import scale_table
 
-    def run(server, seconds, rss, completed=True):
+    def run(server, seconds, rss, repeat=0, completed=True):
         return {"server": server, "clients": 5000, "completed": completed, "seconds_per_round": seconds,
-                "peak_rss_mb": rss, "cpu_seconds": 1.0, "note": "" if completed else "did not complete in 60 s (x)"}
+                "peak_rss_mb": rss, "cpu_seconds": 1.0, "repeat": repeat,
+                "note": "" if completed else "did not complete in 60 s (x)"}
 
-    table = scale_table({"runs": [run("ours", 5.0, 280), run("ours", 4.0, 300), run("ours", 6.5, 290),
+    table = scale_table({"runs": [run("floor", 4.0, 200, 0), run("floor", 4.0, 200, 1), run("floor", 5.0, 210, 2),
+                                  run("ours", 5.0, 280, 0), run("ours", 4.0, 300, 1), run("ours", 6.5, 290, 2),
                                   run("flwr", None, 190, completed=False)]})
-    assert "| 5000 | 5.000 (4.000-6.500) | did not complete in 60 s | — | 290 (280-300) | 190 |" in table
+    # ours / floor: the median of the three repeats' own ratios (1.25, 1.0, 1.3), not a ratio of medians
+    assert ("| 5000 | 4.000 (4.000-5.000) | 5.000 (4.000-6.500) | did not complete in 60 s | 1.25x (1.00-1.30) "
+            "| — | 200 (200-210) | 290 (280-300) | 190 |") in table
+
+
+def test_scale_table_leaves_the_floor_ratio_out_when_the_floor_did_not_complete():
+    from fedproto.bench.report import scale_table
+
+    runs = [{"server": "floor", "clients": 100, "completed": False, "seconds_per_round": None, "peak_rss_mb": 50,
+             "cpu_seconds": 1.0, "repeat": 0, "note": "did not complete in 90 s"},
+            {"server": "ours", "clients": 100, "completed": True, "seconds_per_round": 0.1, "peak_rss_mb": 60,
+             "cpu_seconds": 1.0, "repeat": 0, "note": ""}]
+    assert "| 100 | did not complete in 90 s | 0.100 | not run | — | — |" in scale_table({"runs": runs})
