@@ -295,59 +295,36 @@ class TlsFailure(Exception):
     """The TLS handshake failed: retrying will not help."""
 
 
-class HttpFleet:
-    """POST /v1/fleet/<rpc> with protobuf bodies, one keep-alive connection, reopened after errors."""
+class KeepAliveConnection:
+    """One keep-alive HTTP/1.1 connection (TLS optional): each exchange has one deadline and a whole body.
 
-    def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int,
-                 limits: CallLimits) -> None:
-        host, _, port = address.rpartition(":")
-        self.address, self.host, self.port = address, host.strip("[]"), int(port)
-        self.key, self.max_length, self.limits = key, max_length, limits
-        self.tls = None
-        if root_certificates is not None:
-            self.tls = ssl.create_default_context(cadata=root_certificates.decode("ascii"))
+    The node's transport (HttpFleet) and the trace relay's upstream side (kit/fleet_trace.py) both
+    talk to a SuperLink through it. Any error closes the connection; the next exchange reconnects.
+    """
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, max_length: int) -> None:
+        self.host, self.port, self.tls, self.max_length = host, port, tls, max_length
         self.connection: http.client.HTTPConnection | None = None
         self.sock: SlicedSocket | None = None  # the connection's socket, closed only by close()
         self.last_used = 0.0
 
-    def call(self, rpc: str, request: bytes, interrupt: threading.Event | None) -> bytes:
-        """The 200 response's body; raises Refused, Unreachable, TlsFailure or Interrupted (``interrupt`` set)."""
+    def exchange(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                 clock: CallClock) -> tuple[http.client.HTTPResponse, bytes]:
+        """The response and its whole body; raises what http.client, ssl or the clock raise."""
         if self.connection is not None and time.monotonic() - self.last_used > KEEPALIVE_IDLE:
-            self.close()
-        clock = CallClock(self.limits, len(request), self.max_length, interrupt)
-        headers = {"Content-Type": PROTOBUF, "Accept": PROTOBUF, **self.key.http_headers()}
+            self.close()  # the SuperLink may have closed an idle connection already
         try:
             self._connect()
             assert self.connection is not None and self.sock is not None
             self.sock.clock = clock
-            self.connection.request("POST", RPCS[rpc].http_path, body=request, headers=headers)
+            self.connection.request(method, path, body=body, headers=headers)
             response = self.connection.getresponse()
-            body = self._whole_body(response)
-            self.last_used = time.monotonic()
-        except ssl.SSLError as error:  # certificate not trusted, not a TLS server, ...
-            self.close()
-            raise TlsFailure(bound_text(str(error))) from None
-        except http.client.BadStatusLine as error:
-            self.close()
-            # A gRPC server answers an HTTP/1.1 request with an HTTP/2 SETTINGS frame (length, type 4).
-            if str(error).startswith("\x00\x00"):  # str() is the line received
-                raise WrongTransport(transport_hint("grpc_peer", self.address)) from None
-            raise Unreachable(bound_text(f"BadStatusLine: {error}")) from None
-        except (OSError, http.client.HTTPException, ValueError) as error:
+            data = self._whole_body(response)
+        except BaseException:
             self.close()  # the next attempt opens a fresh connection
-            raise Unreachable(bound_text(f"{type(error).__name__}: {error}")) from None
-        except (Unreachable, Interrupted):
-            self.close()
             raise
-        if response.status == 200:
-            return body
-        # flwr's SuperLink answers errors as JSON, e.g. {"code": 23, "message": "Public key already in use."}
-        detail = f"HTTP {response.status}: {bound_text(body[:1000].decode('utf-8', 'replace'))}"
-        refusal = refusal_for_http_status(response.status)
-        if refusal is None:
-            raise Unreachable(detail)
-        hint = transport_hint("http_404", self.address, RPCS[rpc].http_path) if response.status == 404 else ""
-        raise Refused(refusal, detail, hint)
+        self.last_used = time.monotonic()
+        return response, data
 
     def _connect(self) -> None:
         """Connect, unless the keep-alive connection is there and http.client has not let it go."""
@@ -360,13 +337,10 @@ class HttpFleet:
         if self.connection.sock is None:  # new, or the last answer said "Connection: close"
             if self.sock is not None:
                 self.sock.close_socket()
-            self.sock = SlicedSocket(self._new_socket(self.connection))
+            self.connection.connect()  # TCP and TLS handshake, bounded by CONNECT_TIMEOUT
+            assert self.connection.sock is not None  # connect() set it
+            self.sock = SlicedSocket(self.connection.sock)
             self.connection.sock = self.sock  # http.client reads and writes through it from now on
-
-    @staticmethod
-    def _new_socket(connection: http.client.HTTPConnection) -> socket.socket:
-        connection.connect()  # TCP and TLS handshake, bounded by CONNECT_TIMEOUT
-        return connection.sock
 
     def _whole_body(self, response: http.client.HTTPResponse) -> bytes:
         """The body, whole: exactly Content-Length bytes, or chunked to its last chunk, within max_length.
@@ -399,6 +373,47 @@ class HttpFleet:
         if self.sock is not None:
             self.sock.close_socket()
             self.sock = None
+
+
+class HttpFleet:
+    """POST /v1/fleet/<rpc> with protobuf bodies on one KeepAliveConnection; errors become the node's terms."""
+
+    def __init__(self, address: str, key: NodeKey, root_certificates: bytes | None, max_length: int,
+                 limits: CallLimits) -> None:
+        host, _, port = address.rpartition(":")
+        tls = None
+        if root_certificates is not None:
+            tls = ssl.create_default_context(cadata=root_certificates.decode("ascii"))
+        self.address, self.key, self.max_length, self.limits = address, key, max_length, limits
+        self.connection = KeepAliveConnection(host.strip("[]"), int(port), tls, max_length)
+
+    def call(self, rpc: str, request: bytes, interrupt: threading.Event | None) -> bytes:
+        """The 200 response's body; raises Refused, Unreachable, TlsFailure or Interrupted (``interrupt`` set)."""
+        clock = CallClock(self.limits, len(request), self.max_length, interrupt)
+        headers = {"Content-Type": PROTOBUF, "Accept": PROTOBUF, **self.key.http_headers()}
+        try:
+            response, body = self.connection.exchange("POST", RPCS[rpc].http_path, headers, request, clock)
+        except ssl.SSLError as error:  # certificate not trusted, not a TLS server, ...
+            raise TlsFailure(bound_text(str(error))) from None
+        except http.client.BadStatusLine as error:
+            # A gRPC server answers an HTTP/1.1 request with an HTTP/2 SETTINGS frame (length, type 4).
+            if str(error).startswith("\x00\x00"):  # str() is the line received
+                raise WrongTransport(transport_hint("grpc_peer", self.address)) from None
+            raise Unreachable(bound_text(f"BadStatusLine: {error}")) from None
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            raise Unreachable(bound_text(f"{type(error).__name__}: {error}")) from None
+        if response.status == 200:
+            return body
+        # flwr's SuperLink answers errors as JSON, e.g. {"code": 23, "message": "Public key already in use."}
+        detail = f"HTTP {response.status}: {bound_text(body[:1000].decode('utf-8', 'replace'))}"
+        refusal = refusal_for_http_status(response.status)
+        if refusal is None:
+            raise Unreachable(detail)
+        hint = transport_hint("http_404", self.address, RPCS[rpc].http_path) if response.status == 404 else ""
+        raise Refused(refusal, detail, hint)
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 class GrpcFleet:

@@ -66,7 +66,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from fedproto.client.fleet import KEEPALIVE_IDLE, CallClock, CallLimits, SlicedSocket, Unreachable
+from fedproto.client.fleet import CallClock, CallLimits, KeepAliveConnection, Unreachable
 from fedproto.errors import FedprotoError
 from fedproto.fleet_pb2 import (
     PullMessagesResponse,
@@ -565,66 +565,16 @@ class HttpUpstream:
 
     def __init__(self, address: str, tls: ssl.SSLContext | None, max_length: int) -> None:
         host, _, port = address.rpartition(":")
-        self.host, self.port, self.tls, self.max_length = host.strip("[]"), int(port), tls, max_length
-        self.connection: http.client.HTTPConnection | None = None
-        self.sock: SlicedSocket | None = None
-        self.last_used = 0.0
+        self.connection = KeepAliveConnection(host.strip("[]"), int(port), tls, max_length)
 
     def call(self, method: str, path: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
         """The whole response; raises Unreachable (or OSError, HTTPException) and closes the connection."""
-        if self.connection is not None and time.monotonic() - self.last_used > KEEPALIVE_IDLE:
-            self.close()  # the SuperLink may have closed it already (as our node, client/fleet.py)
-        clock = CallClock(CALL_LIMITS, len(body), self.max_length, None)
-        try:
-            self._connect()
-            assert self.connection is not None and self.sock is not None
-            self.sock.clock = clock
-            self.connection.request(method, path, body=body, headers=headers)
-            response = self.connection.getresponse()
-            data = self._whole_body(response)
-        except BaseException:
-            self.close()
-            raise
-        self.last_used = time.monotonic()
+        clock = CallClock(CALL_LIMITS, len(body), self.connection.max_length, None)
+        response, data = self.connection.exchange(method, path, headers, body, clock)
         return UpstreamResponse(response.status, response.reason, response.getheaders(), data)
 
-    def _connect(self) -> None:
-        if self.connection is None:
-            if self.tls is None:
-                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=CALL_LIMITS.floor)
-            else:
-                self.connection = http.client.HTTPSConnection(self.host, self.port, timeout=CALL_LIMITS.floor,
-                                                              context=self.tls)
-        if self.connection.sock is None:  # new, or the SuperLink's last answer closed the connection
-            if self.sock is not None:
-                self.sock.close_socket()
-            self.connection.connect()
-            assert self.connection.sock is not None  # connect() set it
-            self.sock = SlicedSocket(self.connection.sock)
-            self.connection.sock = self.sock
-
-    def _whole_body(self, response: http.client.HTTPResponse) -> bytes:
-        expected = response.length
-        if not response.chunked and expected is None:
-            raise Unreachable("the SuperLink's response has neither Content-Length nor chunked encoding")
-        if expected is not None and expected > self.max_length:
-            raise Unreachable(f"the SuperLink announces {expected} bytes, above --max-message-length")
-        body = bytearray()
-        while piece := response.read(min(READ_PIECE, self.max_length + 1 - len(body))):
-            body += piece
-            if len(body) > self.max_length:
-                raise Unreachable("the SuperLink's chunked response exceeds --max-message-length")
-        if expected is not None and len(body) != expected:
-            raise Unreachable(f"the SuperLink's response was cut off after {len(body)} of {expected} bytes")
-        return bytes(body)
-
     def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
-        if self.sock is not None:
-            self.sock.close_socket()
-            self.sock = None
+        self.connection.close()
 
 
 class FleetHttpServer(http.server.ThreadingHTTPServer):
