@@ -115,6 +115,9 @@ class Instruction(NamedTuple):
     res_name: str
 
 
+# Code.OK read once: an enum's attribute goes through protobuf's Python wrapper on every access.
+CODE_OK = Code.OK
+
 # ServerMessage oneof field -> how _answer calls the user's handler for it.
 INSTRUCTIONS: dict[str, Instruction] = {
     "get_properties_ins": Instruction("get_properties", Code.GET_PROPERTIES_NOT_IMPLEMENTED,
@@ -154,24 +157,24 @@ class ClientSession:
 
         The lean path for models of many MB (``fedproto.framing``): the instruction's tensors are
         read in place in ``data`` (protobuf parses only the rest), and a reply's tensors are
-        written into its bytes in one pass, each copied once.
+        written into its bytes in one pass, each copied once. Small messages go through
+        protobuf's own parser and serializer, which are faster for them (``framing.read``,
+        ``framing.serialize``); the bytes are the same either way.
         """
-        split = framing.split_tensors(data, ServerMessage)
+        split = framing.read(data, ServerMessage)
         try:
             message = parse_instruction(data if split is None else split[0])
         except ProtocolError:
             self.state = AFTER_REFUSAL[self.state]
             raise
         reply, tensors = self._run(message, None if split is None else split[1])
-        return reply.SerializeToString() if tensors is None else framing.frame(reply, tensors)
+        return reply.SerializeToString() if tensors is None else framing.serialize(reply, tensors)
 
     def receive(self, message: ServerMessage) -> ClientMessage:
         """Answer one ServerMessage by running its row of :data:`TRANSITIONS`."""
         reply, tensors = self._run(message, None)
         if tensors is not None:
-            body = getattr(reply, reply.WhichOneof("msg"))
-            body.parameters.tensor_type = tensors.tensor_type
-            body.parameters.tensors.extend(b"".join(pieces) for pieces in tensors.tensors)
+            framing.fill(reply, tensors)
         return reply
 
     def _run(self, message: ServerMessage, tensors: Tensors | None) -> tuple[ClientMessage, EncodedTensors | None]:
@@ -254,7 +257,7 @@ def _fill_reply(method: str, result: Result, body: Any) -> EncodedTensors | None
     edge client's peak memory. Only what a Join reply forces is checked here: a Scalar holds
     bool, bytes, float, int or str.
     """
-    body.status.code, body.status.message = Code.OK, "Success"  # the text flwr's NumPyClient sends
+    body.status.code, body.status.message = CODE_OK, "Success"  # the text flwr's NumPyClient sends
     if method == "get_properties":
         body.MergeFrom(type(body)(properties=scalars_to_proto(result.metrics, "properties")))
         return None
@@ -266,5 +269,7 @@ def _fill_reply(method: str, result: Result, body: Any) -> EncodedTensors | None
         body.loss = result.loss
     if method in ("fit", "evaluate"):
         body.num_examples = result.num_examples
-        body.MergeFrom(type(body)(metrics=scalars_to_proto(result.metrics, "metrics")))
+        metrics = scalars_to_proto(result.metrics, "metrics")
+        if metrics:  # building and merging an empty map is the per-reply cost of nothing
+            body.MergeFrom(type(body)(metrics=metrics))
     return tensors

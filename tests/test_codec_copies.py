@@ -153,7 +153,7 @@ def test_server_encodes_fit_ins_in_at_most_two_payloads():
 
 def test_server_decodes_fit_res_in_at_most_two_payloads():
     """The server's decoder, ``server_role.decode_fit_reply``, as the FL loop calls it: a reply of
-    1 MiB or more (``IN_PLACE_DECODE_BYTES``) is read in place, its tensors views of its bytes, no
+    256 KiB or more (``IN_PLACE_DECODE_BYTES``) is read in place, its tensors views of its bytes, no
     copy (the measured call checks that). (A smaller reply is parsed whole by protobuf,
     parse_reply + decode_fit_res, which copies the tensors twice: into upb's arena, then into bytes.)"""
     check_at_most_twice("server_decode_fit_res")
