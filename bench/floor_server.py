@@ -14,8 +14,8 @@ nothing is decoded or aggregated. The model is never updated.
 The round clock is ``bench.servers``'s: a round starts once all N are connected (where our
 server's ``configure_fit`` returns) and ends with the N-th EvaluateIns reply; all N FitIns
 replies are in before any EvaluateIns goes out, as in a FedAvg round. After the last round
-every client gets ReconnectIns(seconds=0), and the report is written once the N DisconnectRes
-are in (the server's ``--report`` JSON, the format ``bench.scale`` reads). Like our server it
+every client gets ReconnectIns(seconds=0), and the report is written once every stream has
+ended (the server's ``--report`` JSON, the format ``bench.scale`` reads). Like our server it
 uses ``server.transport.server_options`` and the same garbage-collector threshold.
 """
 
@@ -69,28 +69,38 @@ class FloorServer:
         self.connected = 0
         self.all_connected = asyncio.Event()
         self.lost = 0  # streams that ended before the goodbye
+        self.ended = 0  # streams whose handler has returned
+        self.all_ended = asyncio.Event()
 
     async def join(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         self.connected += 1
         if self.connected == self.clients:
             self.all_connected.set()
-        for step in self.steps:
-            await step.go.wait()
-            await context.write(step.message)
-            reply = await context.read()
-            if reply is grpc.aio.EOF:
-                self.lost += 1
-                return
-            if reply[:1] == bytes((step.reply_tag,)):
-                step.replies += 1
-                if step.replies == self.clients:
-                    step.all_replied.set()
-            else:
-                step.wrong += 1
+        try:
+            for step in self.steps:
+                await step.go.wait()
+                await context.write(step.message)
+                reply = await context.read()
+                if reply is grpc.aio.EOF:
+                    self.lost += 1
+                    return
+                if reply[:1] == bytes((step.reply_tag,)):
+                    step.replies += 1
+                    if step.replies == self.clients:
+                        step.all_replied.set()
+                else:
+                    step.wrong += 1
+        finally:
+            # A client may cancel its call soon after its DisconnectRes (the load generator waits
+            # 1 s for the status): the goodbye is over when every stream has ended, however.
+            self.ended += 1
+            if self.ended == self.connected and self.goodbye.go.is_set():
+                self.all_ended.set()
 
     async def run(self, clock: RoundClock) -> None:
         """The N streams through every round, timed by ``clock``, then the goodbye."""
         await self.all_connected.wait()
+        log.info("all %d clients connected", self.clients)
         gc.freeze()  # as our server does during its exchanges: the live streams are not re-scanned
         for number, (fit, evaluate) in enumerate(self.rounds, start=1):
             clock.fit_configured(number)
@@ -101,7 +111,8 @@ class FloorServer:
             clock.evaluate_aggregated(evaluate.replies, evaluate.wrong, None)
         gc.unfreeze()
         self.goodbye.go.set()
-        await self.goodbye.all_replied.wait()
+        if self.ended < self.connected:
+            await self.all_ended.wait()
 
 
 async def serve(address: str, clients: int, rounds: int, report: str, side: int | None) -> None:

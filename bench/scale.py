@@ -58,6 +58,7 @@ class Run:
     completed: bool
     seconds_per_round: float | None  # mean over the rounds; None unless every round completed
     round_seconds: list[float]
+    round_cpu_seconds: list[float]  # the server process's CPU time within each round (all threads)
     peak_rss_mb: float
     cpu_seconds: float  # server process user + system time, whole run (connecting included)
     wall_seconds: float
@@ -174,12 +175,13 @@ def _summarize(server: str, clients: int, rounds: int, timeout: float, status: i
         if errors:  # the most frequent one says why, e.g. flwr's RESOURCE_EXHAUSTED past 1,000
             text, count = max(errors.items(), key=lambda item: item[1])
             note += f" (clients saw {count}x {text})"
-        return Run(server, clients, False, None, [], peak_rss_mb, cpu_seconds, wall, timeout, note)
+        return Run(server, clients, False, None, [], [], peak_rss_mb, cpu_seconds, wall, timeout, note)
     if not report.exists():
         note = f"server exited with status {os.waitstatus_to_exitcode(status)} without a report"
-        return Run(server, clients, False, None, [], peak_rss_mb, cpu_seconds, wall, timeout, note)
+        return Run(server, clients, False, None, [], [], peak_rss_mb, cpu_seconds, wall, timeout, note)
     measured = json.loads(report.read_text())["rounds"]
     seconds = [entry["seconds"] for entry in measured if "seconds" in entry]
+    round_cpu = [entry["cpu_seconds"] for entry in measured if "cpu_seconds" in entry]
     complete = len(seconds) == rounds and all(
         entry["fit_results"] == clients and entry["evaluate_results"] == clients for entry in measured)
     failures = sum(entry.get("fit_failures", 0) + entry.get("evaluate_failures", 0) for entry in measured)
@@ -187,7 +189,7 @@ def _summarize(server: str, clients: int, rounds: int, timeout: float, status: i
     if failures:
         note = f"{failures} client failures counted; {note}".rstrip("; ")
     mean = round(sum(seconds) / len(seconds), 3) if complete else None
-    return Run(server, clients, complete, mean, seconds, peak_rss_mb, cpu_seconds, wall, timeout, note)
+    return Run(server, clients, complete, mean, seconds, round_cpu, peak_rss_mb, cpu_seconds, wall, timeout, note)
 
 
 def format_table(runs: list[Run]) -> str:
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             run = run_one(server, clients, args.rounds, timeout, args.processes,
                           args.streams_per_channel, log_dir)
             runs.append(run)
-            outcome = (f"{run.seconds_per_round:.3f} s/round {run.round_seconds}" if run.completed
+            outcome = (f"{run.seconds_per_round:.3f} s/round {run.round_seconds}, CPU s {run.round_cpu_seconds}"
+                       if run.completed
                        else run.note)
             log.info("N=%d %s: %s, peak RSS %.0f MB", clients, server, outcome, run.peak_rss_mb)
 

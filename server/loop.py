@@ -40,11 +40,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 from fedproto.codec import TENSOR_TYPE
-from fedproto.server import checkpoint
+from fedproto.server import checkpoint, memory
 from fedproto.server.client_manager import ClientManager
 from fedproto.server.history import History, RoundRecord
 from fedproto.server.strategy import Strategy
@@ -370,27 +371,69 @@ class Exchange:
             if key not in encoded:
                 encoded[key] = encode(ins, key[1])
         outcomes: list[Failure | None] = [None] * len(instructions)
+        all_settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        outstanding = len(instructions)
 
-        async def ask(index: int, client: ClientProxy, ins: FitIns | EvaluateIns) -> None:
+        def one_settled() -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            if outstanding == 0 and not all_settled.done():
+                all_settled.set_result(None)
+
+        def failed(index: int, client: Any, error: ReplyError) -> None:
+            log.warning("round %d %s: client %s failed: %s: %s",
+                        self.server_round, self.step, client.cid, error.kind.value, error.reason)
+            outcomes[index] = Failure(client.cid, error.kind, error.reason)
+            one_settled()
+
+        def replied(index: int, client: Any, data: bytes) -> None:
             try:
-                data = await client.request_bytes(encoded[id(ins), self.formats.of(client.cid)], timeout)
                 tensor_type = settle(client, data)  # no await between arriving and folding: nothing piles up
             except ReplyError as error:
-                log.warning("round %d %s: client %s failed: %s: %s",
-                            self.server_round, self.step, client.cid, error.kind.value, error.reason)
-                outcomes[index] = Failure(client.cid, error.kind, error.reason)
+                failed(index, client, error)
+                return
+            except Exception as error:  # not the client's fault (a strategy's error, a bug): the step fails with it
+                if not all_settled.done():
+                    all_settled.set_exception(error)
                 return
             self.formats.learn(client.cid, tensor_type)
+            one_settled()
 
         # The connected streams' objects (thousands of coroutines, futures, gRPC calls) live across
         # rounds: frozen, the collector's full passes during the exchange skip them (they were
         # ~11% of the server's CPU at 10,000 clients). Unfrozen after, so what the round left
         # unreachable is still collected.
+        async def ask(index: int, client: Any, data: bytes) -> None:
+            try:
+                reply = await client.request_bytes(data, timeout)
+            except ReplyError as error:
+                failed(index, client, error)
+                return
+            except Exception as error:
+                if not all_settled.done():
+                    all_settled.set_exception(error)
+                return
+            replied(index, client, reply)
+
+        asking: list[asyncio.Task[None]] = []  # held: the event loop keeps only weak references to tasks
         gc.freeze()
         try:
-            await asyncio.gather(*(ask(index, client, ins) for index, (client, ins) in enumerate(instructions)))
+            for index, (client, ins) in enumerate(instructions):
+                key = id(ins), self.formats.of(client.cid)
+                if isinstance(client, ClientProxy):
+                    client.submit(encoded[key], partial(replied, index, client), partial(failed, index, client),
+                                  timeout)
+                else:  # any other client object (a test double, another transport): an async request_bytes
+                    asking.append(asyncio.create_task(ask(index, client, encoded[key])))
+            encoded.clear()  # each message now lives until its last stream has written it, no longer
+            if instructions:
+                await all_settled
         finally:
             gc.unfreeze()
+            for task in asking:
+                task.cancel()
+            # The replies and gRPC's buffers of this exchange are freed: not kept for the next one.
+            memory.release_freed_memory()
         for (client, _), failure in zip(instructions, outcomes, strict=True):
             if failure is None:
                 self.succeeded.append(client.cid)
