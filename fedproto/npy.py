@@ -192,7 +192,7 @@ def read_npy_header(data: bytes | memoryview, field: str = "tensor") -> NpyHeade
 def _header_end(view: memoryview) -> int:
     """Where the header of the .npy file in ``view`` ends, from its length field; NPY_HEADER_PREFIX
     if that cannot be read (then the parse says what is wrong). Only an end: numpy reads the header."""
-    if view.format != "B" or view.nbytes < 12 or view[:6].tobytes() != NPY_FORMAT.MAGIC_PREFIX:
+    if view.format != "B" or view.ndim != 1 or view.nbytes < 12 or view[:6].tobytes() != NPY_FORMAT.MAGIC_PREFIX:
         return NPY_HEADER_PREFIX
     if view[6] == 1:  # version 1.0: a 2-byte little-endian length; 2.0 and 3.0: 4 bytes
         end = 10 + (view[8] | view[9] << 8)
