@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedproto.client.app import IDLE_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, MAX_RECONNECT_WAIT_SECONDS, Retry, run_client
+from fedproto.client.app import (
+    IDLE_TIMEOUT_SECONDS,
+    KEEPALIVE_SECONDS,
+    MAX_RECONNECT_WAIT_SECONDS,
+    Retry,
+    return_freed_memory_to_os,
+    run_client,
+)
 from fedproto.client.fleet import TRANSPORTS, CallLimits, run_node
 from fedproto.node import Generation, generation_for_release
 from fedproto.wire import MAX_MESSAGE_LENGTH
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedproto-client: cannot read --node-key: {error}", file=sys.stderr)
         return 2
     retry = Retry(attempts=args.retries, first_delay=args.retry_delay)
+    return_freed_memory_to_os()  # before the first model arrives: it shapes every buffer after it
     try:
         if args.superlink is not None:
             return run_node(

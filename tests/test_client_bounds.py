@@ -8,6 +8,7 @@ against flwr's real ``start_server`` (examples/flwr_server.py).
 from __future__ import annotations
 
 import queue
+import signal
 import time
 from concurrent import futures
 
@@ -177,3 +178,21 @@ def test_flwrs_start_server_refuses_keepalive_pings_below_its_five_minute_floor(
     run.history()
     assert client.wait(60) == 0, client.log()
     assert "ended: UNAVAILABLE: Too many pings; joining again" in client.log()
+
+
+def test_ctrl_c_while_the_handler_runs_ends_the_client_at_once_with_130(spawn, tmp_path):
+    # The handler runs in a thread of its own (the event loop carries keepalive pings meanwhile):
+    # Ctrl-C must not wait for it to return.
+    run = start_flwr_server(spawn, tmp_path, rounds=1, min_clients=1)
+    wait_until_listening(run)
+    marker = tmp_path / "fit_started"
+    client = spawn("client", "-m", "fedproto.client", "--server", run.address,
+                   "--app", "tests.server_clients:SlowClient",
+                   env={"SLOW_FIT_SECONDS": "60", "SLOW_FIT_MARKER": str(marker)})
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline and client.popen.poll() is None, client.log()
+        time.sleep(0.05)
+    client.popen.send_signal(signal.SIGINT)
+    assert client.wait(5) == 130, client.log()
+    assert "fedproto-client: interrupted" in client.log()
