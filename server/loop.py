@@ -14,6 +14,7 @@ One round, as flwr's ``Server.fit`` does it:
 4. ``strategy.evaluate`` (centralized, on the server), then configure/send/aggregate evaluate
    the same way (``strategy.begin_evaluate``).
 5. The round goes into the History; with a checkpoint directory, parameters + History are saved.
+   The memory the round freed is given back to the system (``server.memory``: glibc keeps it).
 
 Before the first round the parameters come from ``strategy.initialize_parameters`` or, if it
 has none, from a GetParametersIns to one connected client (another is asked if that one fails,
@@ -265,6 +266,8 @@ async def _run_round(
             record.evaluate_ok, len(record.evaluate_failures),
             _describe_losses(distributed_loss, len(record.evaluate_clients), centralized, bool(record.fit_clients)),
             record.seconds, shortfall)
+    # The round's replies and gRPC's buffers are freed: returned, not kept for the next round's peak.
+    memory.release_freed_memory()
     return parameters
 
 
@@ -432,8 +435,6 @@ class Exchange:
             gc.unfreeze()
             for task in asking:
                 task.cancel()
-            # The replies and gRPC's buffers of this exchange are freed: not kept for the next one.
-            memory.release_freed_memory()
         for (client, _), failure in zip(instructions, outcomes, strict=True):
             if failure is None:
                 self.succeeded.append(client.cid)

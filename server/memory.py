@@ -1,10 +1,11 @@
-"""Giving the memory an exchange freed back to the system, where the C library keeps it (glibc).
+"""Giving the memory a round freed back to the system, where the C library keeps it (glibc).
 
 glibc keeps memory freed by the program in its heaps for later allocations instead of returning
-it: after an exchange of large messages, the replies' and gRPC's buffers (freed in thousands of
+it: after a round of large messages, the replies' and gRPC's buffers (freed in thousands of
 pieces, on several threads' heaps) stayed resident, 100-200 MB with 4 clients x 40 MB, and
-counted again at the next exchange's peak. ``malloc_trim(0)`` returns it. Other C libraries
-(musl, macOS) return large blocks themselves and have no such call: there this does nothing.
+counted again at the next round's peak. ``malloc_trim(0)`` returns it (10-20 ms there, once a
+round). Other C libraries (musl, macOS) return large blocks themselves and have no such call:
+there this does nothing.
 """
 
 from __future__ import annotations

@@ -70,11 +70,11 @@ def test_every_stream_is_written_the_same_bytes_object_and_the_rounds_complete()
     assert [loss for _, loss in result.history.losses_distributed] == pytest.approx([0.01, 0.02])
 
 
-def test_freed_memory_is_released_after_each_exchange(monkeypatch):
+def test_freed_memory_is_released_after_each_round(monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append(1) or True)
     run_with_fake_streams(rounds=2)
-    assert len(calls) == 4  # fit and evaluate, two rounds
+    assert len(calls) == 2
 
 
 def test_malloc_trim_is_called_only_on_glibc(monkeypatch):
