@@ -32,6 +32,16 @@ and the nodes are read once more after the run, before they are stopped. Per nod
 Peaks include the interpreter and its imports. A process whose resident set grows in the last
 interval before it exits is under-read (a ClientApp is the SuperExec's child, so its rusage
 cannot be read here when it exits: polling is the way to see it).
+
+Seconds per round, the same measure for both sides: the time the ServerApp's strategy reports
+for the whole run ("Strategy execution finished in X s", logged by flwr's message-API
+``Strategy.start`` and streamed by ``flwr run --stream``) divided by the rounds. It spans the
+rounds only (not starting the SuperLink, the nodes or the ServerApp); both kinds of node pull
+every 3 s when idle, so most of a round is waiting for the nodes' next pull, and flwr's nodes
+also start a ClientApp process per message.
+
+``make bench`` runs this as its ``fleet`` part (``bench_run``: 1M and 10M, or 1M once with
+--quick) and puts ``summary_section``'s table in summary.md.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import signal
 import statistics
@@ -51,8 +62,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from fedproto.bench import report
 from fedproto.bench.loadgen import positive_int
+from fedproto.bench.rounds import spread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples" / "superlink_app")]
@@ -68,6 +79,10 @@ NODES = 2
 SIDES = ("ours", "flwr")
 OUR_APP = "superlink_app.handlers:make_client"
 NODE_STOP_TIMEOUT = 30.0
+# The ServerApp's own timing of its strategy (flwr/serverapp/strategy/strategy.py, Strategy.start).
+STRATEGY_SECONDS = re.compile(r"Strategy execution finished in ([0-9.]+)s")
+BENCH_LABELS, QUICK_BENCH_LABELS = ("1M", "10M"), ("1M",)
+BENCH_ROUNDS, BENCH_TIMEOUT, BENCH_SAMPLE_INTERVAL = 3, 600.0, 0.02
 
 
 class RunFailed(RuntimeError):
@@ -187,12 +202,16 @@ def run_one(side: str, parameters: int, rounds: int, workdir: Path, timeout: flo
             raise RunFailed(f"{side}: run {outcome.run_id} is {outcome.status} ({outcome.details}); "
                             f"logs in {workdir}")
         _check_model(side, result_dir, rounds, extra)
+        timed = STRATEGY_SECONDS.search(outcome.output)
+        if timed is None:
+            raise RunFailed(f"{side}: the ServerApp reported no strategy time; logs in {workdir}")
         for node in nodes:
             _stop_node(side, node)
     finally:
         harness.stop_all()
     return {"side": side, "parameters": parameters, "rounds": rounds,
             "wall_seconds": round(time.monotonic() - started, 1),
+            "strategy_seconds": float(timed.group(1)), "seconds_per_round": float(timed.group(1)) / rounds,
             "nodes": [memory.result() for memory in memories]}
 
 
@@ -226,11 +245,25 @@ def collect(labels: list[str], repeats: int, rounds: int, timeout: float, sample
                 run = run_one(side, PARAMS[label], rounds, workdir / f"{label}-{repeat}-{side}", timeout,
                               sample_interval)
                 runs.append({"label": label, "repeat": repeat, **run})
-                log.info("%s #%d %s: per node sum %s MiB (%.0f s)", label, repeat + 1, side,
+                log.info("%s #%d %s: per node sum %s MiB, %.2f s/round (%.0f s)", label, repeat + 1, side,
                          ", ".join(f"{node['sum_kib'] / 1024:.1f}" for node in run["nodes"]),
-                         run["wall_seconds"])
-    return {"benchmark": "fleet_rss", "nodes_per_run": NODES, "rounds": rounds, "repeats": repeats,
+                         run["seconds_per_round"], run["wall_seconds"])
+    return {"benchmark": "fleet", "nodes_per_run": NODES, "rounds": rounds, "repeats": repeats,
             "sample_interval": sample_interval, "runs": runs}
+
+
+def bench_run(repeats: int, quick: bool) -> dict:
+    """The ``fleet`` part of ``make bench`` (bench.run): 1M and 10M parameters (--quick: 1M, one
+    repeat). Raises RuntimeError (RunFailed, or a process that did not start) with the logs kept."""
+    labels = list(QUICK_BENCH_LABELS if quick else BENCH_LABELS)
+    workdir = Path(tempfile.mkdtemp(prefix="fedproto-fleet-"))
+    try:
+        result = collect(labels, 1 if quick else repeats, BENCH_ROUNDS, BENCH_TIMEOUT, BENCH_SAMPLE_INTERVAL,
+                         workdir)
+    except RuntimeError as error:
+        raise RuntimeError(f"{error}\nprocess logs kept in {workdir}") from None
+    shutil.rmtree(workdir)
+    return result
 
 
 def _per_node(result: dict, label: str, side: str, value) -> list[float]:
@@ -252,12 +285,63 @@ def format_table(result: dict) -> str:
         tree = _per_node(result, label, "flwr", lambda node: node["tree_peak_kib"])
         clientapps = sorted({node["clientapp_processes"] for run in result["runs"]
                              if run["label"] == label and run["side"] == "flwr" for node in run["nodes"]})
-        lines.append(f"| {label} | {report.spread(ours, '.1f')} | {report.spread(role['SuperNode'], '.1f')} "
-                     f"| {report.spread(role['SuperExec'], '.1f')} | {report.spread(role['ClientApp'], '.1f')} "
-                     f"| {report.spread(flwr_sum, '.1f')} "
+        lines.append(f"| {label} | {spread(ours, '.1f')} | {spread(role['SuperNode'], '.1f')} "
+                     f"| {spread(role['SuperExec'], '.1f')} | {spread(role['ClientApp'], '.1f')} "
+                     f"| {spread(flwr_sum, '.1f')} "
                      f"| {statistics.median(flwr_sum) / statistics.median(ours):.2f}x "
-                     f"| {report.spread(tree, '.1f')} | {', '.join(map(str, clientapps))} |")
+                     f"| {spread(tree, '.1f')} | {', '.join(map(str, clientapps))} |")
     return "\n".join(lines)
+
+
+def bench_table(result: dict) -> str:
+    """Per node: ours vs flwr's sum of processes, and seconds per round; median (min-max)."""
+    lines = ["| parameters | ours peak RSS MiB | flwr sum MiB | flwr / ours | ours s/round | flwr s/round |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label in dict.fromkeys(run["label"] for run in result["runs"]):
+        rss = {side: _per_node(result, label, side, lambda node: node["sum_kib"]) for side in SIDES}
+        per_round = {side: [run["seconds_per_round"] for run in result["runs"]
+                            if run["label"] == label and run["side"] == side] for side in SIDES}
+        lines.append(f"| {label} | {spread(rss['ours'], '.1f')} | {spread(rss['flwr'], '.1f')} "
+                     f"| {statistics.median(rss['flwr']) / statistics.median(rss['ours']):.2f}x "
+                     f"| {spread(per_round['ours'], '.2f')} "
+                     f"| {spread(per_round['flwr'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def summary_section(result: dict) -> str:
+    """The ``fleet`` section of summary.md."""
+    return "\n".join([
+        "## Fleet node on flower-superlink: peak RSS and seconds per round",
+        "",
+        f"`bench.fleet_rss`: a real `flower-superlink`, {result['nodes_per_run']} nodes and `flwr run` of "
+        f"`examples/superlink_app` (message-API FedAvg, {result['rounds']} rounds); the nodes are ours "
+        "(`fedproto-client --superlink`, one process) or `flower-supernode`s (SuperNode + SuperExec + one "
+        "`flwr-clientapp` process per message), each side with its own SuperLink, alternating. Peak RSS per node: "
+        "ours the one process, flwr's the sum of SuperNode, SuperExec and the largest ClientApp (read from "
+        "`/proc` every 20 ms), over every node of every repeat. s/round: the ServerApp's own strategy time "
+        "divided by the rounds, per run; both kinds of node poll every 3 s when idle. Median (min-max).",
+        "",
+        bench_table(result),
+    ])
+
+
+def plot(result: dict, path: Path) -> None:
+    """fleet.png: peak RSS per node and seconds per round, ours and flwr's; median, whiskers min-max."""
+    from fedproto.bench import report  # here, not at the top: bench.report imports this module
+
+    plt = report._pyplot()
+    labels = list(dict.fromkeys(run["label"] for run in result["runs"]))
+    rss = {side: [_per_node(result, label, side, lambda node: node["sum_kib"]) for label in labels]
+           for side in SIDES}
+    per_round = {side: [[run["seconds_per_round"] for run in result["runs"]
+                         if run["label"] == label and run["side"] == side] for label in labels] for side in SIDES}
+    figure, (rss_axis, time_axis) = plt.subplots(1, 2, figsize=(10, 4.2))
+    names = [f"{label} parameters" for label in labels]
+    report._bars(rss_axis, names, rss, "peak RSS per node (MiB)", "Fleet node memory (flwr: sum of processes)")
+    report._bars(time_axis, names, per_round, "seconds per round", "Fleet rounds on flower-superlink")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep every process log here instead of in a temporary directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from fedproto.bench import report  # here, not at the top: bench.report imports this module
+
     command = " ".join(["python -m fedproto.bench.fleet_rss", *(argv if argv is not None else sys.argv[1:])])
     machine = report.machine()
     started = time.monotonic()
@@ -297,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Peak RSS per Fleet node, MiB, median (min-max) over {NODES} nodes x {args.repeats} runs; "
           f"{args.rounds} rounds of message-API FedAvg on flower-superlink")
     print(format_table(result))
+    print()
+    print(bench_table(result))
     print(f"\nMeasured {report.describe(machine)}; `{command}`. Raw numbers: {args.out}")
     return 0
 
