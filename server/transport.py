@@ -168,9 +168,10 @@ class ClientProxy:
     side while idle, or that sends a message nobody asked for: either ends the stream at once
     instead of being read later as the answer to the next instruction.
 
-    :meth:`submit` is the loop's path: no task, lock, queue or future per request, the reply
-    handed to a callback by the reader (at 10,000 clients those per-request objects cost more
-    than gRPC's own work). :meth:`request` and :meth:`request_bytes` await the same.
+    :meth:`submit` is the loop's path: no task, lock or queue per request and no future but the
+    writer's wake-up, the reply handed to a callback by the reader (at 10,000 clients those
+    per-request objects cost more than gRPC's own work). :meth:`request` and
+    :meth:`request_bytes` await the same.
     """
 
     def __init__(self, cid: str, peer: str, on_end: Callable[[ClientProxy], None] | None = None,
