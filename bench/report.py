@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedproto.bench import codec, rounds
+from fedproto.bench import codec, fleet_rss, rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("ours", "flwr")
@@ -69,9 +69,11 @@ def codec_section(result: dict) -> str:
         "## Codec: a FitRes ClientMessage, encoded and decoded",
         "",
         "GB/s of payload: median of the repeats (min-max). *ours speed / flwr* above 1 means ours is faster. "
-        "Encode: ndarrays -> wire bytes (ours: the edge client's `ClientSession.receive_bytes`; flwr: "
-        "`ndarrays_to_parameters` + `serde.fit_res_to_proto`). Decode: wire bytes -> ndarrays (ours: "
-        "`server_role.decode_fit_res_bytes`, read-only views of the tensors in the wire bytes; flwr: "
+        "Encode: the edge client's whole work for a FitIns (instruction decoded, handler, FitRes reply "
+        "encoded; ours: `ClientSession.receive_bytes`; flwr: `ServerMessage.FromString` + `fit_ins_from_proto` "
+        "+ `parameters_to_ndarrays` + fit + `ndarrays_to_parameters` + `fit_res_to_proto` + serialize). "
+        "Decode: the server's, wire bytes -> ndarrays (ours: `server_role.decode_fit_reply`, protobuf's parse "
+        "below 256 KiB, read-only views of the tensors in the wire bytes above; flwr: "
         "`serde.fit_res_from_proto` + `parameters_to_ndarrays`). "
         "memcpy: `numpy.ndarray.copy` of the same bytes, same run.",
         "",
@@ -179,7 +181,8 @@ def scale_section(result: dict) -> str:
     ])
 
 
-SECTIONS = {"codec": codec_section, "client": client_section, "rounds": rounds_section, "scale": scale_section}
+SECTIONS = {"codec": codec_section, "client": client_section, "rounds": rounds_section, "scale": scale_section,
+            "fleet": fleet_rss.summary_section}
 
 
 def summary(results: dict[str, dict]) -> str:
@@ -286,4 +289,5 @@ def plot_scale(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
-PLOTS = {"codec": codec.plot, "client": plot_client, "rounds": plot_rounds, "scale": plot_scale}
+PLOTS = {"codec": codec.plot, "client": plot_client, "rounds": plot_rounds, "scale": plot_scale,
+         "fleet": fleet_rss.plot}

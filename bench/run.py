@@ -1,14 +1,16 @@
 """``make bench``: every benchmark, each side by side with flwr 1.42, in one run.
 
-    python -m fedproto.bench.run                          # all four, 3 repeats each (about 12-15 minutes)
-    python -m fedproto.bench.run --quick                  # smaller: no 400 MB codec case, N <= 1000, 2 rounds
+    python -m fedproto.bench.run                          # all five, 3 repeats each (about 25 minutes)
+    python -m fedproto.bench.run --quick                  # smaller: no 400 MB codec case, N <= 1000, 2 rounds,
+                                                          # the Fleet node at 1M once
     python -m fedproto.bench.run --only codec --repeats 5
     python -m fedproto.bench.run --only rounds --only scale --out /tmp/bench
 
 The benchmarks (``python -m fedproto.bench.<module> --help`` for each one's own options and method):
 
-  codec   encode + decode of a FitRes ClientMessage carrying 1 KB / 1 MB / 40 MB / 400 MB of
-          float32: ours vs flwr's serde, with numpy's memcpy measured in the same run (bench.codec)
+  codec   the edge client's FitIns -> FitRes work and the server's FitRes decode, 1 KB / 10 KB /
+          100 KB / 1 MB / 40 MB / 400 MB of float32: ours vs flwr's serde doing the same work, with
+          numpy's memcpy measured in the same run (bench.codec)
   client  edge client peak RSS at 1M and 10M parameters against flwr's server: our client vs
           flwr's start_client in the same run (bench.client_rss)
   rounds  4 clients, FedAvg, 10k / 1M / 10M parameters: our server + clients vs flwr's server +
@@ -16,6 +18,8 @@ The benchmarks (``python -m fedproto.bench.<module> --help`` for each one's own 
   scale   N = 100, 1000, 5000, 10000 concurrent clients, 1k parameters: seconds per round, server
           peak RSS and CPU, our server vs flwr's start_server, and both against a bare grpc.aio
           server that only sends the instructions and counts the replies (the floor; bench.scale)
+  fleet   a Fleet node on a real flower-superlink, 1M and 10M parameters: peak RSS and seconds per
+          round, our node vs flower-supernode + SuperExec + ClientApp (bench.fleet_rss)
 
 Every repeat is a separate measurement (for client, rounds and scale a separate set of
 processes); ours and flwr's alternate, so load from elsewhere on the machine hits both. A run
@@ -42,13 +46,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fedproto.bench import client_rss, codec, report, rounds, scale
+from fedproto.bench import client_rss, codec, fleet_rss, report, rounds, scale
 from fedproto.bench.loadgen import positive_int
 
 log = logging.getLogger("fedproto.bench.run")
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("codec", "client", "rounds", "scale")
+BENCHMARKS = ("codec", "client", "rounds", "scale", "fleet")
 CLIENT_SIDES = {"1M": 1000, "10M": 3163}  # the model: one SIDE x SIDE float32 tensor
 SCALE_CLIENTS, QUICK_SCALE_CLIENTS = (100, 1000, 5000, 10000), (100, 1000)
 FLWR_STREAM_CAP = 1000  # flwr's legacy server: a 1,000-thread pool, maximum_concurrent_rpcs=1000
@@ -126,7 +130,14 @@ def run_scale(repeats: int, quick: bool) -> dict:
     return result
 
 
-RUNNERS = {"codec": run_codec, "client": run_client, "rounds": run_rounds, "scale": run_scale}
+def run_fleet(repeats: int, quick: bool) -> dict:
+    try:
+        return fleet_rss.bench_run(repeats, quick)
+    except RuntimeError as error:  # a run that failed its checks, or a process that did not start (logs kept)
+        raise BenchmarkFailed(f"fleet: {error}") from None
+
+
+RUNNERS = {"codec": run_codec, "client": run_client, "rounds": run_rounds, "scale": run_scale, "fleet": run_fleet}
 
 
 def write_outputs(name: str, result: dict, out: Path) -> None:
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=BENCHMARKS, action="append",
-                        help="run only this benchmark (repeatable; default: all four)")
+                        help="run only this benchmark (repeatable; default: all five)")
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="measurements per case and side (default %(default)s)")
     parser.add_argument("--quick", action="store_true",
