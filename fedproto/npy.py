@@ -37,7 +37,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from fedproto.errors import CodecError
+from fedproto.errors import CodecError, FedprotoError
 from fedproto.text import bound_text
 from fedproto.wire import MAX_MESSAGE_LENGTH
 
@@ -66,7 +66,7 @@ NPY_HEADER_PREFIX = 6 + 2 + 4 + 4 * 10_000
 HEADER_CACHE_ENTRIES = 64
 
 
-class _Refused(Exception):
+class _Refused(FedprotoError):
     """A refusal that does not know its field yet (raised inside the caches, never cached)."""
 
     def __init__(self, reason: str) -> None:
