@@ -131,7 +131,7 @@ def run_client(
     while True:
         session = ClientSession(handler)
         try:
-            stream = _join_once(server_address, session, root_certificates, options, idle_timeout)
+            stream = asyncio.run(_join_once(server_address, session, root_certificates, options, idle_timeout))
         except ProtocolError as error:
             log.error("protocol error, leaving: %s", error)
             return EXIT_PROTOCOL_ERROR
@@ -182,7 +182,7 @@ def keepalive_options(keepalive: float) -> list[tuple[str, int]]:
     ]
 
 
-def _join_once(
+async def _join_once(
     server_address: str,
     session: ClientSession,
     root_certificates: bytes | None,
@@ -193,16 +193,6 @@ def _join_once(
 
     Raises ProtocolError if the server sends an invalid message.
     """
-    return asyncio.run(_join(server_address, session, root_certificates, options, idle_timeout))
-
-
-async def _join(
-    server_address: str,
-    session: ClientSession,
-    root_certificates: bytes | None,
-    options: list[tuple[str, int]],
-    idle_timeout: float | None,
-) -> StreamEnd:
     # grpc.aio rather than the blocking API: its write returns once the message is sent and keeps
     # nothing, where the blocking API's sender keeps the last reply (maybe a whole model) until
     # the next one, so it was still held while the next instruction arrived (10M float32 in

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_raw_join_server(join, workers: int, options=()):
+    """A blocking gRPC server on a free loopback port serving ``join(requests, context)`` as Flower's
+    Join, raw bytes both ways (no (de)serializers); returns (the started server, its address)."""
+    import grpc
+
+    from fedproto.wire import JOIN_METHOD
+
+    _, service, method = JOIN_METHOD.split("/")
+    address = f"127.0.0.1:{free_port()}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=list(options))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        service, {method: grpc.stream_stream_rpc_method_handler(join)}),))
+    server.add_insecure_port(address)
+    server.start()
+    return server, address
 
 
 @dataclass

@@ -27,21 +27,27 @@ def wait_listening(port: int, timeout: float) -> None:
     raise AssertionError(f"nothing listens on port {port} after {timeout} s")
 
 
-def test_loadgen_clients_complete_one_round_on_our_server(spawn, tmp_path):
+def serve_load(spawn, tmp_path, server: str, rounds: int, processes: int) -> tuple[dict, dict]:
+    """``bench.servers SERVER`` against the load generator (CLIENTS clients), both to their end:
+    the server's rounds report and the load generator's report."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     rounds_report, load_report = tmp_path / "rounds.json", tmp_path / "loadgen.json"
-    server = spawn("server", "-m", "fedproto.bench.servers", "ours", "--address", address,
-                   "--clients", str(CLIENTS), "--rounds", "1", "--report", str(rounds_report))
+    process = spawn("server", "-m", "fedproto.bench.servers", server, "--address", address,
+                    "--clients", str(CLIENTS), "--rounds", str(rounds), "--report", str(rounds_report))
     wait_listening(port, timeout=10)
     loadgen = spawn("loadgen", "-m", "fedproto.bench.loadgen", "--server", address, "--clients", str(CLIENTS),
-                    "--processes", "2", "--streams-per-channel", "8", "--duration", "15",
+                    "--processes", str(processes), "--streams-per-channel", "8", "--duration", "15",
                     "--report", str(load_report))
-
-    assert server.wait(timeout=15) == 0, server.log()
+    assert process.wait(timeout=15) == 0, process.log()
     assert loadgen.wait(timeout=15) == 0, loadgen.log()
+    return json.loads(rounds_report.read_text()), json.loads(load_report.read_text())
 
-    (measured,) = json.loads(rounds_report.read_text())["rounds"]
+
+def test_loadgen_clients_complete_one_round_on_our_server(spawn, tmp_path):
+    report, load = serve_load(spawn, tmp_path, "ours", rounds=1, processes=2)
+
+    (measured,) = report["rounds"]
     assert {key: measured[key] for key in ("round", "fit_results", "fit_failures",
                                            "evaluate_results", "evaluate_failures")} == {
         "round": 1, "fit_results": CLIENTS, "fit_failures": 0,
@@ -50,7 +56,6 @@ def test_loadgen_clients_complete_one_round_on_our_server(spawn, tmp_path):
     assert abs(measured["loss"] - 0.01) < 1e-6
     assert measured["seconds"] > 0
 
-    load = json.loads(load_report.read_text())
     assert load["clients"] == load["done"] == CLIENTS
     assert load["answered"] == {"fit_ins": CLIENTS, "evaluate_ins": CLIENTS, "reconnect_ins": CLIENTS}
     assert load["stream_errors"] == {}

@@ -10,14 +10,11 @@ from __future__ import annotations
 import queue
 import signal
 import time
-from concurrent import futures
 
-import grpc
 import pytest
 
-from conftest import free_port
+from conftest import start_raw_join_server
 from fedproto.server_role import encode_reconnect_ins
-from fedproto.wire import JOIN_METHOD
 from test_client_interop import start_edge_client, start_flwr_server, wait_until_listening
 
 DONE = encode_reconnect_ins(0)
@@ -34,13 +31,7 @@ class ScriptedServer:
 
     def __init__(self, scripts: list[list], options: list[tuple[str, int]] = ()) -> None:
         self.scripts, self.joins, self.count = scripts, queue.Queue(), 0
-        self.address = f"127.0.0.1:{free_port()}"
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=list(options))
-        handler = grpc.stream_stream_rpc_method_handler(self.join)  # no (de)serializers: raw bytes
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            JOIN_METHOD.split("/")[1], {JOIN_METHOD.split("/")[2]: handler}),))
-        self.server.add_insecure_port(self.address)
-        self.server.start()
+        self.server, self.address = start_raw_join_server(self.join, workers=4, options=options)
 
     def join(self, requests, context):
         script = self.scripts[min(self.count, len(self.scripts) - 1)]

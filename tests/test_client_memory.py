@@ -14,16 +14,14 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 
-from conftest import free_port
+from conftest import start_raw_join_server
 from fedproto.bench.client_rss import SIDE_ENV
 from fedproto.server_role import encode_get_parameters_ins, encode_reconnect_ins
-from fedproto.wire import JOIN_METHOD, message_size_options
+from fedproto.wire import message_size_options
 
 SIDE = 3163  # the model: one SIDE x SIDE float32 tensor, 40 MB
 MODEL_MIB = SIDE * SIDE * 4 / 2**20
@@ -40,16 +38,10 @@ class ModelServer:
     """One Join stream: get_parameters_ins, the reply read, the client's VmRSS read, then ReconnectIns(0)."""
 
     def __init__(self) -> None:
-        self.address = f"127.0.0.1:{free_port()}"
         self.client_pid = 0
         self.rss_kib: dict[str, int] = {}
         self.reply_bytes = 0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=message_size_options(2**30))
-        handler = grpc.stream_stream_rpc_method_handler(self.join)  # no (de)serializers: raw bytes
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            JOIN_METHOD.split("/")[1], {JOIN_METHOD.split("/")[2]: handler}),))
-        self.server.add_insecure_port(self.address)
-        self.server.start()
+        self.server, self.address = start_raw_join_server(self.join, workers=2, options=message_size_options(2**30))
 
     def join(self, requests, context):
         self.rss_kib["joined"] = vm_rss_kib(self.client_pid)
