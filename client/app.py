@@ -127,39 +127,43 @@ def run_client(
     ``max_reconnect_wait``, ``idle_timeout`` (None: forever) and ``keepalive``: see the constants.
     """
     options = [*message_size_options(max_message_length), *keepalive_options(keepalive)]
-    failures = 0  # consecutive joins that broke before the server said anything
-    while True:
-        session = ClientSession(handler)
-        try:
-            stream = asyncio.run(_join_once(server_address, session, root_certificates, options, idle_timeout))
-        except ProtocolError as error:
-            log.error("protocol error, leaving: %s", error)
-            return EXIT_PROTOCOL_ERROR
+    # One event loop for every Join of this run: grpc.aio's completion queue stays bound to the
+    # loop it first ran on, and a new loop per Join (asyncio.run each time) made it report into a
+    # closed one after a reconnect ("RuntimeError: Event loop is closed" in the log).
+    with asyncio.Runner() as runner:
+        failures = 0  # consecutive joins that broke before the server said anything
+        while True:
+            session = ClientSession(handler)
+            try:
+                stream = runner.run(_join_once(server_address, session, root_certificates, options, idle_timeout))
+            except ProtocolError as error:
+                log.error("protocol error, leaving: %s", error)
+                return EXIT_PROTOCOL_ERROR
 
-        if stream.broken is None and session.state is State.DONE:
-            log.info("server ended the session after %d messages; exiting", stream.answered)
-            return EXIT_DONE
-        if stream.broken is None:  # State.RECONNECT: the server asked us to come back after a pause
-            failures = 0
-            pause = min(session.reconnect_after, max_reconnect_wait)
-            if pause < session.reconnect_after:
-                log.warning("server asked us to reconnect in %d s; waiting %g s (the maximum, "
-                            "--max-reconnect-wait)", session.reconnect_after, pause)
-            else:
-                log.info("server asked us to reconnect in %d s", session.reconnect_after)
-            time.sleep(pause)
-            continue
+            if stream.broken is None and session.state is State.DONE:
+                log.info("server ended the session after %d messages; exiting", stream.answered)
+                return EXIT_DONE
+            if stream.broken is None:  # State.RECONNECT: the server asked us to come back after a pause
+                failures = 0
+                pause = min(session.reconnect_after, max_reconnect_wait)
+                if pause < session.reconnect_after:
+                    log.warning("server asked us to reconnect in %d s; waiting %g s (the maximum, "
+                                "--max-reconnect-wait)", session.reconnect_after, pause)
+                else:
+                    log.info("server asked us to reconnect in %d s", session.reconnect_after)
+                time.sleep(pause)
+                continue
 
-        if root_certificates is not None and is_tls_failure(stream.broken):
-            log.error("TLS handshake with %s failed: %s", server_address, stream.broken)
-            return EXIT_TLS_ERROR
-        failures = 0 if stream.answered else failures + 1
-        if failures >= retry.attempts:
-            log.error("giving up on %s after %d attempts: %s", server_address, failures, stream.broken)
-            return EXIT_UNREACHABLE
-        delay = retry.delay(max(failures, 1))
-        log.warning("stream to %s ended: %s; joining again in %.1f s", server_address, stream.broken, delay)
-        time.sleep(delay)
+            if root_certificates is not None and is_tls_failure(stream.broken):
+                log.error("TLS handshake with %s failed: %s", server_address, stream.broken)
+                return EXIT_TLS_ERROR
+            failures = 0 if stream.answered else failures + 1
+            if failures >= retry.attempts:
+                log.error("giving up on %s after %d attempts: %s", server_address, failures, stream.broken)
+                return EXIT_UNREACHABLE
+            delay = retry.delay(max(failures, 1))
+            log.warning("stream to %s ended: %s; joining again in %.1f s", server_address, stream.broken, delay)
+            time.sleep(delay)
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,9 @@ async def _join_once(
     return StreamEnd(answered, None)
 
 
+SIGNAL_CHECK_SECONDS = 0.25
+
+
 async def _in_thread(work: Callable[[bytes], bytes], argument: bytes) -> bytes:
     """``work(argument)`` in a thread of its own, so that the event loop carries gRPC's keepalive
     pings meanwhile. A daemon thread: Ctrl-C ends the client at once, not when the handler returns."""
@@ -268,7 +275,16 @@ async def _in_thread(work: Callable[[bytes], bytes], argument: bytes) -> bytes:
             loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=run, daemon=True).start()
-    return await done
+    try:
+        # Not a bare ``await done``: Python runs a signal's handler (asyncio's Ctrl-C included) in
+        # the main thread only when that thread runs Python code, and a signal the kernel gave to
+        # another thread (this one, gRPC's) does not wake an idle event loop. Waking up every
+        # SIGNAL_CHECK_SECONDS bounds how long Ctrl-C can wait while the handler runs.
+        while not done.done():
+            await asyncio.wait((done,), timeout=SIGNAL_CHECK_SECONDS)
+    finally:
+        done.cancel()  # nothing once settled; if we are cancelled, the thread's outcome is dropped
+    return done.result()
 
 
 CLOSED_WITHOUT_RECONNECT = "server closed the stream without a ReconnectIns"

@@ -237,6 +237,7 @@ def test_reconnect_with_seconds_rejoins_after_the_pause_and_keeps_training(spawn
         assert (log_time(lines[asked + 1]) - log_time(lines[asked])).total_seconds() >= 2.0
         assert sum(f"joined {run.address}" in line for line in lines) == 2
         assert "server ended the session" in lines[-1]
+        assert not [line for line in lines if " ERROR " in line or "Traceback" in line], proc.log()
 
 
 def test_handler_error_in_fit_is_one_failure_and_the_client_stays(spawn, tmp_path):
