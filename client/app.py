@@ -18,6 +18,11 @@ Read top to bottom, this file is the whole protocol as a client sees it:
 
 Messages travel as raw bytes: the channel does no (de)serialization, the session parses
 and builds them, so anything malformed is reported by name instead of failing inside gRPC.
+
+Not protocol, but memory (a model may be most of a small device's RAM): the stream runs on
+grpc.aio, one event loop for the whole run, whose write keeps nothing once sent; the handler
+runs in a thread of its own so the loop carries keepalive pings meanwhile; and glibc is told to
+give freed buffers of 64 KiB and more straight back (:func:`return_freed_memory_to_os`).
 """
 
 from __future__ import annotations
