@@ -256,9 +256,6 @@ async def _join_once(
     return StreamEnd(answered, None)
 
 
-SIGNAL_CHECK_SECONDS = 0.25
-
-
 async def _in_thread(work: Callable[[bytes], bytes], argument: bytes) -> bytes:
     """``work(argument)`` in a thread of its own, so that the event loop carries gRPC's keepalive
     pings meanwhile. A daemon thread: Ctrl-C ends the client at once, not when the handler returns."""
@@ -280,16 +277,7 @@ async def _in_thread(work: Callable[[bytes], bytes], argument: bytes) -> bytes:
             loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=run, daemon=True).start()
-    try:
-        # Not a bare ``await done``: Python runs a signal's handler (asyncio's Ctrl-C included) in
-        # the main thread only when that thread runs Python code, and a signal the kernel gave to
-        # another thread (this one, gRPC's) does not wake an idle event loop. Waking up every
-        # SIGNAL_CHECK_SECONDS bounds how long Ctrl-C can wait while the handler runs.
-        while not done.done():
-            await asyncio.wait((done,), timeout=SIGNAL_CHECK_SECONDS)
-    finally:
-        done.cancel()  # nothing once settled; if we are cancelled, the thread's outcome is dropped
-    return done.result()
+    return await done
 
 
 CLOSED_WITHOUT_RECONNECT = "server closed the stream without a ReconnectIns"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +69,12 @@ class Proc:
             self.popen.wait()
 
 
+def _default_sigint() -> None:
+    """In the child before it runs: SIGINT as a terminal gives it. A suite started as a background
+    job (``make test &``, nohup) inherits SIGINT ignored, and so would every process it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def spawn(tmp_path):
     """spawn(name, *python_args, env={...}) -> Proc, run from the repo root; killed at teardown."""
@@ -78,7 +85,8 @@ def spawn(tmp_path):
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(
-                [PYTHON, *args], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+                [PYTHON, *args], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=_default_sigint,
             )
         proc = Proc(name, popen, log_path)
         started.append(proc)
