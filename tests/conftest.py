@@ -69,10 +69,17 @@ class Proc:
             self.popen.wait()
 
 
-def _default_sigint() -> None:
-    """In the child before it runs: SIGINT as a terminal gives it. A suite started as a background
-    job (``make test &``, nohup) inherits SIGINT ignored, and so would every process it starts."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _give_children_sigint() -> None:
+    """A suite started as a background job (``make test &``, nohup) inherits SIGINT *ignored*, and
+    exec keeps an ignored signal ignored in every process the tests start. A handled signal is reset
+    to its default by exec, so handling SIGINT here gives children what a terminal gives them.
+    (Not ``preexec_fn``: Python code between fork and exec can deadlock when the tests spawn a
+    process while a server's threads run in this one.)"""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_give_children_sigint()
 
 
 @pytest.fixture
@@ -86,7 +93,6 @@ def spawn(tmp_path):
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(
                 [PYTHON, *args], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_default_sigint,
             )
         proc = Proc(name, popen, log_path)
         started.append(proc)
