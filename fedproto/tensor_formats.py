@@ -187,7 +187,9 @@ def decode_tensors(
     tensor_format = get_format(tensor_type, field)
     if like is not None and len(like) != len(tensors):
         raise CodecError(f"{field}.tensors", f"{len(tensors)} tensors, the global model has {len(like)}")
-    built_in = tensor_format.name in (TENSOR_TYPE, CPP_DOUBLE)
+    if tensor_format.name == TENSOR_TYPE:  # the usual format, its decoder called directly: once per reply at scale
+        return [bytes_to_ndarray(data, f"{field}.tensors[{i}]") for i, data in enumerate(tensors)]
+    built_in = tensor_format.name == CPP_DOUBLE
     arrays = []
     for i, data in enumerate(tensors):
         tensor_field = f"{field}.tensors[{i}]"

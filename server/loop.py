@@ -50,7 +50,7 @@ from fedproto.server import checkpoint, memory
 from fedproto.server.client_manager import ClientManager
 from fedproto.server.history import History, RoundRecord
 from fedproto.server.strategy import Strategy
-from fedproto.server.transport import ClientProxy
+from fedproto.server.transport import ClientProxy, write_order
 from fedproto.server_role import (
     EvaluateIns,
     Failure,
@@ -421,7 +421,8 @@ class Exchange:
         asking: list[asyncio.Task[None]] = []  # held: the event loop keeps only weak references to tasks
         gc.freeze()
         try:
-            for index, (client, ins) in enumerate(instructions):
+            for index in write_order([client for client, _ in instructions]):
+                client, ins = instructions[index]
                 key = id(ins), self.formats.of(client.cid)
                 if isinstance(client, ClientProxy):
                     client.submit(encoded[key], partial(replied, index, client), partial(failed, index, client),

@@ -211,8 +211,12 @@ class WeightedSum:
         """``total += values * weight`` in ``total``'s dtype, a slice at a time through the scratch buffer."""
         dtype = total.dtype
         scratch = self._scratch[dtype]
-        # Slices that run past the end stop there: no min() per chunk (a model of 1,000 parameters
-        # is one chunk, and at 10,000 clients this runs 10,000 times a round).
+        if values.size <= FOLD_CHUNK:  # one slice: no loop, no slicing of the sum (10,000 times a round at scale)
+            product = scratch[:values.size]
+            np.multiply(values, weight, out=product, dtype=dtype)
+            np.add(total, product, out=total)
+            return
+        # Slices that run past the end stop there: no min() per chunk.
         for start in range(0, values.size, FOLD_CHUNK):
             chunk = values[start:start + FOLD_CHUNK]
             product = scratch[:chunk.size]
