@@ -33,7 +33,9 @@ def machine() -> dict:
             packages[name] = "not installed"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "fedproto", "server", "client", "bench"],
+    # The results this run writes as it goes (bench/results) are no change to the code measured.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "fedproto", "server", "client", "bench",
+                            ":(exclude)bench/results"],
                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if commit and dirty:
         commit += " + uncommitted changes"
