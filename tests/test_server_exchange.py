@@ -49,15 +49,16 @@ class FakeContext:
 
 def run_with_fake_streams(rounds: int, contexts: list[FakeContext] | None = None
                           ) -> tuple[list[FakeContext], loop.ServerResult]:
+    """``rounds`` FedAvg rounds over ``contexts`` (default: STREAMS plain ones), all of them required."""
+    contexts = contexts if contexts is not None else [FakeContext() for _ in range(STREAMS)]
+    count = len(contexts)
+
     async def scenario():
         manager = ClientManager(seed=0)
         servicer = JoinServicer(manager)
-        nonlocal contexts
-        contexts = contexts if contexts is not None else [FakeContext() for _ in range(STREAMS)]
-        streams_ = len(contexts)
         streams = [asyncio.create_task(servicer.join(None, context)) for context in contexts]
-        strategy = FedAvg(initial_parameters=[np.zeros(1000, np.float32)], min_fit_clients=streams_,
-                          min_evaluate_clients=streams_, min_available_clients=streams_)
+        strategy = FedAvg(initial_parameters=[np.zeros(1000, np.float32)], min_fit_clients=count,
+                          min_evaluate_clients=count, min_available_clients=count)
         result = await run_rounds(strategy, manager, LoopConfig(rounds=rounds, round_timeout=10))
         await disconnect_all(manager)
         await asyncio.wait_for(asyncio.gather(*streams), 5)  # every stream ends after its ReconnectIns
