@@ -92,7 +92,7 @@ def spawn(tmp_path):
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(
-                [PYTHON, *args], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+                [PYTHON, *args], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
             )
         proc = Proc(name, popen, log_path)
         started.append(proc)
